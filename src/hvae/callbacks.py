@@ -1,0 +1,86 @@
+"""Keras callbacks that record training: MLflow metrics, the history CSV, checkpoints."""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+
+import keras
+import pandas as pd
+from mlflow.entities import Metric
+from mlflow.tracking import MlflowClient
+
+from hvae import atomic
+
+
+def _learning_rate(model: keras.Model) -> float:
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
+class EpochRecorder(keras.callbacks.Callback):
+    """One row per epoch, sent to MLflow and to a CSV for `dvc plots`: the same numbers.
+
+    MLflow also gets `step/*` metrics every `every_steps` optimizer steps, so a long epoch
+    is visible while it runs.
+    """
+
+    def __init__(self, run_id: str, csv_path: Path, every_steps: int):
+        super().__init__()
+        self.client = MlflowClient()
+        self.run_id = run_id
+        self.csv_path = Path(csv_path)
+        self.every_steps = every_steps
+        self.rows: list[dict[str, float]] = []
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._started = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        step = int(self.model.optimizer.iterations.numpy())
+        if step % self.every_steps or not logs:
+            return
+        now = int(time.time() * 1000)
+        metrics = [Metric(f"step/{k}", float(v), now, step) for k, v in logs.items()]
+        self.client.log_batch(self.run_id, metrics=metrics, synchronous=False)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        row = {"epoch": epoch + 1}
+        for key, value in (logs or {}).items():
+            split, name = ("val", key[4:]) if key.startswith("val_") else ("train", key)
+            row[f"{split}_{name}"] = float(value)
+        row["lr"] = _learning_rate(self.model)
+        row["epoch_seconds"] = time.perf_counter() - self._started
+        self.rows.append(row)
+        atomic.write_text(self.csv_path, pd.DataFrame(self.rows).to_csv(index=False))
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(k.replace("_", "/", 1), v, now, epoch + 1)
+            for k, v in row.items()
+            if k != "epoch" and math.isfinite(v)
+        ]
+        self.client.log_batch(self.run_id, metrics=metrics)
+
+
+class Checkpoint(keras.callbacks.Callback):
+    """Save the last weights every epoch and the best-on-validation weights, atomically."""
+
+    def __init__(self, last: Path, best: Path, monitor: str = "val_elbo"):
+        super().__init__()
+        self.last, self.best, self.monitor = Path(last), Path(best), monitor
+        self.best_value = -math.inf
+        self.best_epoch = 0
+
+    def _save(self, path: Path) -> None:
+        # Keras infers the format from the suffix, so the temporary file keeps it.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.stem}.tmp.weights.h5")
+        self.model.save_weights(tmp, overwrite=True)
+        tmp.replace(path)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self._save(self.last)
+        value = (logs or {}).get(self.monitor)
+        if value is not None and math.isfinite(value) and value > self.best_value:
+            self.best_value, self.best_epoch = float(value), epoch + 1
+            self._save(self.best)

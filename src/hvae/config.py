@@ -1,0 +1,182 @@
+"""Typed, validated view of params.yaml — the one place config is checked.
+
+Every stage reads its section through `load_params`; an unknown key, a wrong type or an
+out-of-range value raises `ConfigError` with one line naming the key and what was expected.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from hvae.errors import ConfigError
+
+MNIST_TRAIN_SIZE = 60_000
+
+
+class _Section(BaseModel):
+    # strict: "5" is not an int and 1.5 is not an int; ints are still accepted for floats.
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class PrepareParams(_Section):
+    dataset: Literal["mnist"] = "mnist"
+    ood_dataset: Literal["fashion-mnist"] = "fashion-mnist"
+    validation_size: int = Field(10_000, ge=1, lt=MNIST_TRAIN_SIZE)
+    # Seeds the validation split and the one-off binarization of validation and test sets,
+    # so every run and every evaluation scores exactly the same bits, whatever `seed` is.
+    seed: int = Field(0, ge=0)
+
+
+class ModelParams(_Section):
+    # Bottom (z_1, next to the pixels) to top (z_L).
+    latent_dims: list[int] = Field(default_factory=lambda: [32, 16, 8], min_length=2)
+    hidden_dim: int = Field(512, ge=8)
+    blocks_per_layer: int = Field(1, ge=0)
+    min_sigma: float = Field(1e-3, gt=0.0, lt=1.0)
+
+    @model_validator(mode="after")
+    def _positive_dims(self) -> ModelParams:
+        if any(d < 1 for d in self.latent_dims):
+            raise ValueError("latent_dims: every layer size must be >= 1")
+        return self
+
+
+class TrainParams(_Section):
+    epochs: int = Field(100, ge=1)
+    batch_size: int = Field(128, ge=1)
+    learning_rate: float = Field(1e-3, gt=0.0)
+    lr_min_ratio: float = Field(0.05, ge=0.0, le=1.0)
+    kl_warmup_epochs: int = Field(10, ge=0)
+    grad_clip_norm: float = Field(200.0, gt=0.0)
+    log_every_steps: int = Field(100, ge=1)
+    strategy: Literal["auto", "mirrored", "one_device"] = "auto"
+
+
+class EvaluateParams(_Section):
+    iw_samples: int = Field(1000, ge=1)
+    # Images scored at once and importance samples drawn per image per pass: memory is
+    # bounded by batch_size * chunk_size rows whatever iw_samples is.
+    batch_size: int = Field(100, ge=1)
+    chunk_size: int = Field(250, ge=1)
+    active_unit_threshold: float = Field(0.01, gt=0.0)
+
+
+class RenderParams(_Section):
+    n_images: int = Field(10, ge=1, le=64)
+    n_samples: int = Field(64, ge=1, le=400)
+    hierarchy_rows: int = Field(8, ge=1, le=32)
+
+
+class MlflowParams(_Section):
+    experiment: str = Field("hvae-mnist", min_length=1)
+    registered_model: str = Field("hvae-mnist", min_length=1)
+
+
+class Params(_Section):
+    seed: int = Field(42, ge=0)
+    prepare: PrepareParams = PrepareParams()
+    model: ModelParams = ModelParams()
+    train: TrainParams = TrainParams()
+    evaluate: EvaluateParams = EvaluateParams()
+    render: RenderParams = RenderParams()
+    mlflow: MlflowParams = MlflowParams()
+
+    @model_validator(mode="after")
+    def _split_fits(self) -> Params:
+        train_size = MNIST_TRAIN_SIZE - self.prepare.validation_size
+        if self.train.batch_size > train_size:
+            raise ValueError(
+                f"train.batch_size: must be <= the {train_size} training images left after "
+                f"prepare.validation_size={self.prepare.validation_size}"
+            )
+        return self
+
+
+def _field_names(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The valid keys of the section that `loc` points into (for 'did you mean')."""
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        annotation = field.annotation if field else None
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            break
+    return list(model.model_fields)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = tuple(p for p in error["loc"] if not isinstance(p, int))
+    key = ".".join(str(p) for p in error["loc"]) or "(top level)"
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        valid = _field_names(Params, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]), valid, n=1)
+        hint = f"; did you mean '{'.'.join([*map(str, loc[:-1]), close[0]])}'?" if close else ""
+        return f"unknown key '{key}'{hint} (valid keys here: {', '.join(valid)})"
+    if kind == "value_error":
+        # Our own validators already name their key.
+        return str(error["msg"]).removeprefix("Value error, ")
+    got = error.get("input")
+    return f"{key}: {error['msg'].lower()} (got {got!r})"
+
+
+def parse_params(raw: Any, source: str = "params.yaml") -> Params:
+    """Validate an already-loaded YAML document."""
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    try:
+        return Params.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {_describe(exc.errors()[0])}") from None
+
+
+class _Yaml12Loader(yaml.SafeLoader):
+    """SafeLoader that reads `1e-3` as a float, as YAML 1.2 (and DVC's parser) do."""
+
+
+_Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(
+        r"^[-+]?(?:[0-9][0-9_]*\.[0-9_]*(?:[eE][-+]?[0-9]+)?|[0-9][0-9_]*[eE][-+]?[0-9]+"
+        r"|\.[0-9_]+(?:[eE][-+]?[0-9]+)?|\.(?:inf|Inf|INF)|\.(?:nan|NaN|NAN))$"
+    ),
+    list("-+0123456789."),
+)
+
+
+def load_params(path: str | Path = "params.yaml") -> Params:
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found (expected the pipeline's params file)") from None
+    try:
+        raw = yaml.load(text, Loader=_Yaml12Loader)  # a SafeLoader subclass
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise ConfigError(f"{path}: not valid YAML{where}") from None
+    return parse_params(raw, str(path))
+
+
+def flatten(params: Params) -> dict[str, Any]:
+    """'train.epochs' -> value, for MLflow params and digests."""
+    out: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else k, v)
+        else:
+            out[prefix] = value
+
+    walk("", params.model_dump())
+    return out

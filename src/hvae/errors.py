@@ -1,0 +1,17 @@
+"""Errors a user can act on. The CLI prints them as one line and exits non-zero."""
+
+
+class HVAEError(Exception):
+    """Base class: the message names the file or key and what was expected."""
+
+
+class ConfigError(HVAEError):
+    """params.yaml is missing, malformed or out of range."""
+
+
+class DataError(HVAEError):
+    """A dataset file is missing, corrupt or not what it claims to be."""
+
+
+class TrackingError(HVAEError):
+    """The MLflow store or the run record is unusable."""

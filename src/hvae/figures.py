@@ -1,0 +1,71 @@
+"""Matplotlib figures for reports/figures. Each function returns a Figure; no file I/O."""
+
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on servers and CI
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+
+def image_grid(rows: np.ndarray, title: str, row_labels: list[str] | None = None) -> Figure:
+    """rows: (n_rows, n_cols, 784) pixel values in [0, 1]."""
+    n_rows, n_cols = rows.shape[:2]
+    fig, axes = plt.subplots(
+        n_rows, n_cols, figsize=(n_cols * 0.9, n_rows * 0.9 + 0.5), squeeze=False
+    )
+    for r in range(n_rows):
+        for c in range(n_cols):
+            ax = axes[r, c]
+            ax.imshow(rows[r, c].reshape(28, 28), cmap="gray_r", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if row_labels:
+            axes[r, 0].set_ylabel(row_labels[r], fontsize=8)
+    fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def loss_curves(history: pd.DataFrame) -> Figure:
+    fig, (ax_elbo, ax_parts) = plt.subplots(1, 2, figsize=(11, 4))
+    for split in ("train", "val"):
+        ax_elbo.plot(history["epoch"], history[f"{split}_elbo"], label=f"{split} ELBO")
+        ax_parts.plot(history["epoch"], history[f"{split}_recon"], label=f"{split} reconstruction")
+        ax_parts.plot(history["epoch"], history[f"{split}_kl"], "--", label=f"{split} KL")
+    ax_elbo.set(xlabel="epoch", ylabel="nats per image", title="ELBO (higher is better)")
+    ax_parts.set(xlabel="epoch", ylabel="nats per image", title="ELBO terms")
+    # Early epochs dwarf the rest; clip the view to the informative range.
+    tail = history["val_elbo"].iloc[min(len(history) - 1, 2) :]
+    ax_elbo.set_ylim(tail.min() - 5, history[["train_elbo", "val_elbo"]].max().max() + 2)
+    for ax in (ax_elbo, ax_parts):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def layer_kl(history: pd.DataFrame, test_kl: dict[str, float]) -> Figure:
+    names = sorted(
+        (c.removeprefix("val_") for c in history if c.startswith("val_kl_z")),
+        key=lambda n: int(n.removeprefix("kl_z")),
+    )
+    fig, (ax_curve, ax_bar) = plt.subplots(1, 2, figsize=(11, 4))
+    for name in names:
+        ax_curve.plot(history["epoch"], history[f"val_{name}"], label=name.replace("kl_", "KL "))
+    ax_curve.set(xlabel="epoch", ylabel="nats per image", title="validation KL per layer")
+    ax_curve.grid(alpha=0.3)
+    ax_curve.legend()
+    ax_bar.bar([n.removeprefix("kl_") for n in names], [test_kl[n] for n in names])
+    ax_bar.set(ylabel="nats per image", title="test KL per layer (z1 = bottom)")
+    fig.tight_layout()
+    return fig
+
+
+def save(fig: Figure, path) -> None:
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

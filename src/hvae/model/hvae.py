@@ -1,0 +1,303 @@
+"""A hierarchical VAE with top-down inference (Ladder VAE / VDVAE style), as a keras.Model.
+
+Generative model:  p(z_L) prod_{l<L} p(z_l | z_{>l}) p(x | z_1..z_L), Bernoulli pixels.
+Inference model:   q(z_L | x) prod_{l<L} q(z_l | x, z_{>l}).
+
+A bottom-up encoder turns x into one feature vector d_l per layer. One top-down pass then
+walks from z_L to z_1 along a residual state s that summarises the latents drawn so far:
+the prior of layer l reads s, the posterior reads s and d_l (a learned merge), and the drawn
+z_l is added back into s. Prior and posterior thus share the generative path, as in VDVAE.
+Layer index 0 is z_1 (next to the pixels); index L-1 is the top.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import NamedTuple
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from hvae.model.blocks import GaussianHead, ResidualBlock
+from hvae.model.distributions import (
+    bernoulli_log_prob,
+    gaussian_kl,
+    gaussian_log_prob,
+)
+
+
+class LayerStats(NamedTuple):
+    """What one stochastic layer drew and the two distributions it drew between."""
+
+    z: tf.Tensor
+    q_mu: tf.Tensor | None
+    q_sigma: tf.Tensor | None
+    p_mu: tf.Tensor
+    p_sigma: tf.Tensor
+
+
+class TopDownLayer(keras.layers.Layer):
+    def __init__(self, width: int, dim: int, blocks: int, top: bool, min_sigma: float, **kw):
+        super().__init__(**kw)
+        self.dim = dim
+        self.top = top
+        # The top prior is a fixed N(0, I); every lower prior is conditioned on z_{>l}.
+        self.prior = None if top else GaussianHead(width, dim, min_sigma)
+        self.posterior = GaussianHead(width, dim, min_sigma)
+        self.z_in = keras.layers.Dense(width)
+        self.blocks = [ResidualBlock(width) for _ in range(blocks)]
+
+    def prior_params(self, s: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        if self.prior is None:
+            shape = tf.stack([tf.shape(s)[0], self.dim])
+            return tf.zeros(shape, s.dtype), tf.ones(shape, s.dtype)
+        return self.prior(s)
+
+    def advance(self, s: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
+        s = s + self.z_in(z)
+        for block in self.blocks:
+            s = block(s)
+        return s
+
+
+@keras.saving.register_keras_serializable(package="hvae")
+class HierarchicalVAE(keras.Model):
+    def __init__(
+        self,
+        latent_dims: Sequence[int] = (32, 16, 8),
+        hidden_dim: int = 256,
+        blocks_per_layer: int = 1,
+        min_sigma: float = 1e-3,
+        pixels: int = 784,
+        kl_warmup_steps: int = 0,
+        output_bias: Sequence[float] | None = None,
+        seed: int = 0,
+        **kwargs,
+    ):
+        super().__init__(**kwargs)
+        self.latent_dims = [int(d) for d in latent_dims]
+        self.hidden_dim = hidden_dim
+        self.blocks_per_layer = blocks_per_layer
+        self.min_sigma = min_sigma
+        self.pixels = pixels
+        self.kl_warmup_steps = kl_warmup_steps
+        self.seed = seed
+        n = len(self.latent_dims)
+
+        self.stem = keras.layers.Dense(hidden_dim, activation="swish")
+        # Deeper layers see deeper features: d_l comes after l+1 stacks of blocks.
+        self.bottom_up = [
+            [ResidualBlock(hidden_dim) for _ in range(max(blocks_per_layer, 1))] for _ in range(n)
+        ]
+        self.top_down = [
+            TopDownLayer(hidden_dim, dim, blocks_per_layer, top=(i == n - 1), min_sigma=min_sigma)
+            for i, dim in enumerate(self.latent_dims)
+        ]
+        self.initial_state = self.add_weight(
+            shape=(hidden_dim,), initializer="zeros", name="initial_state"
+        )
+        # Starting the output bias at logit(mean pixel) spares the first epochs from
+        # learning the average digit (a trick from the IWAE and VDVAE code).
+        bias = "zeros" if output_bias is None else keras.initializers.Constant(output_bias)
+        self.to_logits = keras.layers.Dense(pixels, bias_initializer=bias)
+        self.noise = keras.random.SeedGenerator(seed)
+
+        self.trackers = {
+            name: keras.metrics.Mean(name=name)
+            for name in ["loss", "elbo", "recon", "kl", *self.kl_names, "beta"]
+        }
+
+    def build(self, input_shape) -> None:
+        # Sublayers create their weights on first use: one pass on a dummy batch makes them all.
+        self.decode(self.encode(tf.zeros((1, self.pixels))))
+        self.built = True
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.latent_dims)
+
+    @property
+    def kl_names(self) -> list[str]:
+        return [f"kl_z{i + 1}" for i in range(self.n_layers)]
+
+    @property
+    def metrics(self) -> list[keras.metrics.Metric]:
+        return list(self.trackers.values())
+
+    def get_config(self) -> dict:
+        return {
+            "latent_dims": self.latent_dims,
+            "hidden_dim": self.hidden_dim,
+            "blocks_per_layer": self.blocks_per_layer,
+            "min_sigma": self.min_sigma,
+            "pixels": self.pixels,
+            "kl_warmup_steps": self.kl_warmup_steps,
+            "seed": self.seed,
+        }
+
+    # -- the two passes ---------------------------------------------------------------------
+
+    def encode(self, x: tf.Tensor) -> list[tf.Tensor]:
+        """Bottom-up features d_1..d_L; pixels are centred to {-1, 1} first."""
+        h = self.stem(2.0 * x - 1.0)
+        features = []
+        for stack in self.bottom_up:
+            for block in stack:
+                h = block(h)
+            features.append(h)
+        return features
+
+    def decode(
+        self,
+        features: Sequence[tf.Tensor] | None = None,
+        batch_size: int | tf.Tensor | None = None,
+        prior_layers: int = 0,
+        fixed: Mapping[int, tf.Tensor] | None = None,
+        use_mean: bool = False,
+        temperature: float = 1.0,
+    ) -> tuple[tf.Tensor, list[LayerStats]]:
+        """Top-down pass from z_L to z_1, returning pixel logits and per-layer stats.
+
+        Layer i draws from q(z_i | x, z_{>i}) when `features` are given and i >= prior_layers,
+        otherwise from p(z_i | z_{>i}) (so prior_layers=k gives the bound L_{>k});
+        `fixed[i]` overrides the draw. `use_mean` takes means instead of samples.
+        """
+        fixed = fixed or {}
+        if batch_size is None:
+            batch_size = tf.shape(features[0])[0]
+        s = tf.tile(self.initial_state[None, :], tf.stack([batch_size, 1]))
+        stats: list[LayerStats] = [None] * self.n_layers  # type: ignore[list-item]
+        for i in reversed(range(self.n_layers)):
+            layer = self.top_down[i]
+            p_mu, p_sigma = layer.prior_params(s)
+            q_mu = q_sigma = None
+            if features is not None and i >= prior_layers:
+                q_mu, q_sigma = layer.posterior(tf.concat([s, features[i]], axis=-1))
+                mu, sigma = q_mu, q_sigma
+            else:
+                mu, sigma = p_mu, p_sigma * temperature
+            if i in fixed:
+                z = fixed[i]
+            elif use_mean:
+                z = mu
+            else:
+                z = mu + sigma * keras.random.normal(tf.shape(mu), seed=self.noise)
+            stats[i] = LayerStats(z, q_mu, q_sigma, p_mu, p_sigma)
+            s = layer.advance(s, z)
+        return self.to_logits(keras.activations.swish(s)), stats
+
+    def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
+        """Reconstruction logits of x through one posterior sample."""
+        logits, _ = self.decode(self.encode(x))
+        return logits
+
+    # -- objectives -------------------------------------------------------------------------
+
+    def elbo_terms(self, x: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        """Per-example reconstruction loss -log p(x|z) and the analytic KL of every layer."""
+        logits, stats = self.decode(self.encode(x))
+        recon = -bernoulli_log_prob(x, logits)
+        kls = [gaussian_kl(s.q_mu, s.q_sigma, s.p_mu, s.p_sigma) for s in stats]
+        return recon, kls
+
+    def log_weights(self, x: tf.Tensor, features: Sequence[tf.Tensor]) -> tf.Tensor:
+        """log p(x, z) - log q(z | x) at one posterior sample z per row."""
+        logits, stats = self.decode(features)
+        log_w = bernoulli_log_prob(x, logits)
+        for s in stats:
+            log_w += gaussian_log_prob(s.z, s.p_mu, s.p_sigma)
+            log_w -= gaussian_log_prob(s.z, s.q_mu, s.q_sigma)
+        return log_w
+
+    def iw_log_likelihood(self, x: tf.Tensor, k: int, chunk: int) -> tf.Tensor:
+        """Importance-weighted estimate of log p(x) with k samples per image.
+
+        Samples are drawn `chunk` at a time and folded into a running log-sum-exp, so memory
+        is bounded by batch * chunk rows whatever k is. The encoder runs once per image.
+        """
+        features = self._encode_compiled(x)
+        total = None
+        for start in range(0, k, chunk):
+            log_w = self._chunk_log_weights(x, features, min(chunk, k - start))
+            part = tf.reduce_logsumexp(log_w, axis=0)
+            total = part if total is None else tf.reduce_logsumexp(tf.stack([total, part]), 0)
+        return total - tf.math.log(tf.cast(k, total.dtype))
+
+    @tf.function(reduce_retracing=True)
+    def _encode_compiled(self, x: tf.Tensor) -> list[tf.Tensor]:
+        return self.encode(x)
+
+    @tf.function(reduce_retracing=True)
+    def _chunk_log_weights(self, x: tf.Tensor, features: list[tf.Tensor], n: int) -> tf.Tensor:
+        """(n, batch) log-weights: n posterior samples for every image of the batch."""
+        tiled = [tf.tile(f, [n, 1]) for f in features]
+        return tf.reshape(self.log_weights(tf.tile(x, [n, 1]), tiled), [n, tf.shape(x)[0]])
+
+    def beta(self) -> tf.Tensor:
+        """KL weight: linear warm-up from ~0 to 1 over kl_warmup_steps optimizer steps."""
+        if self.kl_warmup_steps <= 0:
+            return tf.constant(1.0)
+        step = tf.cast(self.optimizer.iterations + 1, tf.float32)
+        return tf.minimum(1.0, step / float(self.kl_warmup_steps))
+
+    def _update(self, recon: tf.Tensor, kls: list[tf.Tensor], loss: tf.Tensor, beta) -> dict:
+        kl = tf.add_n(kls)
+        values = {"loss": loss, "elbo": -(recon + kl), "recon": recon, "kl": kl, "beta": beta}
+        values.update(zip(self.kl_names, kls, strict=True))
+        for name, value in values.items():
+            self.trackers[name].update_state(value)
+        return {name: t.result() for name, t in self.trackers.items()}
+
+    def train_step(self, data: tf.Tensor) -> dict:
+        # Dynamic binarization: a fresh Bernoulli draw of every image each time it is seen.
+        x = tf.cast(keras.random.uniform(tf.shape(data), seed=self.noise) < data, data.dtype)
+        beta = self.beta()
+        with tf.GradientTape() as tape:
+            recon, kls = self.elbo_terms(x)
+            loss = tf.reduce_mean(recon + beta * tf.add_n(kls))
+            # Gradients are summed over replicas, so each replica contributes its share.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            scaled = loss / replicas
+        grads = tape.gradient(scaled, self.trainable_weights)
+        self.optimizer.apply_gradients(zip(grads, self.trainable_weights, strict=True))
+        return self._update(recon, kls, recon + beta * tf.add_n(kls), beta)
+
+    def test_step(self, data: tf.Tensor) -> dict:
+        # Validation data arrive binarized once (fixed seed); the bound is the true ELBO.
+        recon, kls = self.elbo_terms(data)
+        return self._update(recon, kls, recon + tf.add_n(kls), tf.constant(1.0))
+
+    # -- generation and inspection -------------------------------------------------------------
+
+    def generate(
+        self, n: int, fixed: Mapping[int, tf.Tensor] | None = None, temperature: float = 1.0
+    ) -> tf.Tensor:
+        """Pixel probabilities of n draws from the prior (optionally with some layers fixed)."""
+        logits, _ = self.decode(batch_size=n, fixed=fixed, temperature=temperature)
+        return tf.sigmoid(logits)
+
+    def reconstruct(self, x: tf.Tensor) -> tf.Tensor:
+        logits, _ = self.decode(self.encode(x), use_mean=True)
+        return tf.sigmoid(logits)
+
+    def posterior_means(self, x: tf.Tensor) -> list[tf.Tensor]:
+        """E_q[z_l] per layer, taking the posterior mean at every layer on the way down."""
+        _, stats = self.decode(self.encode(x), use_mean=True)
+        return [s.q_mu for s in stats]
+
+    def sample_top(self, n: int) -> tf.Tensor:
+        return keras.random.normal((n, self.latent_dims[-1]), seed=self.noise)
+
+
+def pixel_logits(images: np.ndarray) -> np.ndarray:
+    """logit of each pixel's mean intensity, clipped away from 0 and 1."""
+    mean = np.clip(images.reshape(len(images), -1).mean(axis=0) / 255.0, 1e-3, 1 - 1e-3)
+    return np.log(mean / (1 - mean)).astype(np.float32)
+
+
+def build_model(config: Mapping, output_bias: Sequence[float] | None = None) -> HierarchicalVAE:
+    """Construct from a get_config() dict and create all weights."""
+    model = HierarchicalVAE(**config, output_bias=output_bias)
+    model(tf.zeros((1, model.pixels)))
+    return model

@@ -1,0 +1,19 @@
+"""The project's file layout, relative to the repository root (where DVC runs stages).
+
+dvc.yaml declares the same paths as deps and outs.
+"""
+
+from pathlib import Path
+
+RAW = Path("data/raw")
+PREPARED = Path("data/prepared")
+MODELS = Path("models")
+CHECKPOINTS = MODELS / "checkpoints"
+REPORTS = Path("reports")
+RUN_RECORD = REPORTS / "mlflow_run.json"
+HISTORY = REPORTS / "train_history.csv"
+METRICS = REPORTS / "metrics.json"
+FIGURES = REPORTS / "figures"
+
+TRAIN_FILE = "mnist.npz"
+OOD_FILE = "fashion-mnist-test.npz"

@@ -1,0 +1,1 @@
+"""One module per DVC stage: read the params section and the deps, write the outs."""

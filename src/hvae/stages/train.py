@@ -1,0 +1,106 @@
+"""train: fit the hierarchical VAE, log the run to MLflow, keep the best-on-validation weights."""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from pathlib import Path
+
+import keras
+import mlflow
+
+from hvae import artifacts, paths, tracking
+from hvae.callbacks import Checkpoint, EpochRecorder
+from hvae.config import Params, flatten
+from hvae.data import pipeline, prepared
+from hvae.distribute import choose_strategy
+from hvae.model import HierarchicalVAE
+from hvae.model.hvae import pixel_logits
+
+
+def _log_dataset(manifest: dict, train: prepared.Split) -> None:
+    dataset = mlflow.data.from_numpy(
+        train.flat(),
+        targets=train.labels,
+        name=f"{manifest['dataset']}-train",
+        digest=manifest["digest"][:16],
+    )
+    mlflow.log_input(dataset, context="training")
+
+
+def run(params: Params, root: Path) -> None:
+    started = time.perf_counter()
+    keras.utils.set_random_seed(params.seed)
+    t, m = params.train, params.model
+    manifest = prepared.read_manifest(paths.PREPARED)
+    train = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "train")
+    valid = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "valid")
+    steps_per_epoch = len(train) // t.batch_size
+
+    strategy = choose_strategy(t.strategy)
+    with strategy.scope():
+        model = HierarchicalVAE(
+            latent_dims=m.latent_dims,
+            hidden_dim=m.hidden_dim,
+            blocks_per_layer=m.blocks_per_layer,
+            min_sigma=m.min_sigma,
+            kl_warmup_steps=t.kl_warmup_epochs * steps_per_epoch,
+            output_bias=pixel_logits(train.images),
+            seed=params.seed,
+        )
+        schedule = keras.optimizers.schedules.CosineDecay(
+            t.learning_rate, decay_steps=t.epochs * steps_per_epoch, alpha=t.lr_min_ratio
+        )
+        model.compile(optimizer=keras.optimizers.Adam(schedule, global_clipnorm=t.grad_clip_norm))
+        model(keras.ops.zeros((1, model.pixels)))
+
+    train_ds = pipeline.train_dataset(train.images, t.batch_size, params.seed)
+    valid_ds = pipeline.eval_dataset(valid.images, t.batch_size)
+
+    tracking.configure(root)
+    experiment_id = tracking.ensure_experiment(params.mlflow.experiment, root)
+    best = paths.MODELS / artifacts.WEIGHTS
+    with mlflow.start_run(
+        experiment_id=experiment_id,
+        run_name=os.environ.get("DVC_EXP_NAME"),
+        tags=tracking.run_tags(root),
+        log_system_metrics=True,  # CPU, memory (and GPU when present) sampled during training
+    ) as run:
+        tracking.write_run_record(run.info.run_id, params.mlflow.experiment)
+        mlflow.log_params(flatten(params))
+        mlflow.set_tags(
+            {
+                "data_digest": manifest["digest"],
+                "params_digest": prepared.json_digest(flatten(params)),
+                "replicas": str(strategy.num_replicas_in_sync),
+            }
+        )
+        mlflow.log_param("model.parameters", model.count_params())
+        _log_dataset(manifest, train)
+
+        checkpoint = Checkpoint(last=paths.CHECKPOINTS / "last.weights.h5", best=best)
+        recorder = EpochRecorder(run.info.run_id, paths.HISTORY, t.log_every_steps)
+        model.fit(
+            train_ds,
+            validation_data=valid_ds,
+            epochs=t.epochs,
+            callbacks=[recorder, checkpoint],
+            shuffle=False,  # tf.data reshuffles every epoch itself
+            # A progress bar for a person at a terminal, one line per epoch for logs and CI.
+            verbose=1 if sys.stdout.isatty() else 2,
+        )
+        artifacts.save_config(model, paths.MODELS)
+        seconds = time.perf_counter() - started
+        mlflow.log_metrics(
+            {
+                "best_epoch": checkpoint.best_epoch,
+                "best_val_elbo": checkpoint.best_value,
+                "time/train_seconds": seconds,
+            }
+        )
+        mlflow.log_artifact(str(paths.HISTORY))
+    print(
+        f"train: best validation ELBO {checkpoint.best_value:.2f} nats at epoch "
+        f"{checkpoint.best_epoch}/{t.epochs}; {seconds:.0f} s; run {run.info.run_id}"
+    )

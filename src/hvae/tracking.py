@@ -1,0 +1,117 @@
+"""Where MLflow records go, and the small git-tracked file that ties stages to one run.
+
+The default store is `sqlite:///<repo root>/mlflow.db` with artifacts in
+`<repo root>/mlartifacts`; `MLFLOW_TRACKING_URI` overrides both (a server decides its own
+artifact store). Train opens the run; evaluate and render attach to it by id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+from pathlib import Path
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from hvae import atomic
+from hvae.errors import TrackingError
+from hvae.paths import RUN_RECORD
+
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+
+
+def project_root(start: str | Path | None = None) -> Path:
+    """The repository root, seen through DVC's temporary experiment workspaces.
+
+    `dvc exp run --temp/--queue` runs stages in <repo>/.dvc/tmp/exps/<tmp>; the store must
+    still be the one in <repo>, so every run of the project logs to the same place.
+    """
+    here = Path(start or os.environ.get("DVC_ROOT") or os.getcwd()).resolve()
+    parts = here.parts
+    for i in range(len(parts) - 2):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    for candidate in (here, *here.parents):
+        if (candidate / ".dvc").is_dir() or (candidate / "dvc.yaml").is_file():
+            return candidate
+    return here
+
+
+def tracking_uri(root: Path) -> str:
+    return os.environ.get(TRACKING_ENV) or f"sqlite:///{root / 'mlflow.db'}"
+
+
+def configure(root: Path) -> str:
+    """Point MLflow at the project's store and return the URI in use."""
+    uri = tracking_uri(root)
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    return uri
+
+
+def ensure_experiment(name: str, root: Path) -> str:
+    """The experiment's id, creating it (with artifacts beside the local store) if needed."""
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    location = None if os.environ.get(TRACKING_ENV) else (root / "mlartifacts").as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
+def git_commit(root: Path) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    return out.stdout.strip()
+
+
+def run_tags(root: Path) -> dict[str, str]:
+    """Lineage and system information attached to every training run."""
+    import keras
+    import tensorflow as tf
+
+    tags = {
+        "hvae.python": platform.python_version(),
+        "hvae.platform": platform.platform(),
+        "hvae.cpu_count": str(os.cpu_count()),
+        "hvae.tensorflow": tf.__version__,
+        "hvae.keras": keras.__version__,
+        "hvae.gpus": str(len(tf.config.list_physical_devices("GPU"))),
+    }
+    commit = git_commit(root)
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+        tags["git_commit"] = commit
+    for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_baseline")):
+        if os.environ.get(env):
+            tags[tag] = os.environ[env]
+    return tags
+
+
+def write_run_record(run_id: str, experiment: str, path: Path = RUN_RECORD) -> None:
+    atomic.write_json(path, {"run_id": run_id, "experiment": experiment})
+
+
+def read_run_record(path: Path = RUN_RECORD) -> str:
+    """The training run's id, checked to exist in the current store."""
+    try:
+        run_id = json.loads(path.read_text())["run_id"]
+    except FileNotFoundError:
+        raise TrackingError(f"{path}: not found (run `hvae train` first)") from None
+    except (ValueError, KeyError, TypeError):
+        raise TrackingError(f"{path}: expected JSON with a 'run_id'") from None
+    try:
+        MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise TrackingError(
+            f"{path}: run {run_id} is not in {mlflow.get_tracking_uri()} "
+            "(re-log with `dvc repro --force`)"
+        ) from None
+    return run_id
