@@ -43,7 +43,7 @@ class ModelParams(_Section):
     @model_validator(mode="after")
     def _positive_dims(self) -> ModelParams:
         if any(d < 1 for d in self.latent_dims):
-            raise ValueError("latent_dims: every layer size must be >= 1")
+            raise ValueError("model.latent_dims: every layer size must be >= 1")
         return self
 
 
@@ -158,6 +158,9 @@ def load_params(path: str | Path = "params.yaml") -> Params:
         text = path.read_text()
     except FileNotFoundError:
         raise ConfigError(f"{path}: file not found (expected the pipeline's params file)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise ConfigError(f"{path}: cannot read ({reason})") from None
     try:
         raw = yaml.load(text, Loader=_Yaml12Loader)  # a SafeLoader subclass
     except yaml.YAMLError as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -73,7 +74,7 @@ def load_split(folder: str | Path, file: str, split: str) -> Split:
             arrays = {k: npz[k] for k in npz.files}
     except FileNotFoundError as exc:
         raise DataError(f"{exc.filename}: not found (run `hvae prepare` first)") from None
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, EOFError, KeyError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: unreadable prepared data ({exc})") from None
     expected = manifest.get("files", {}).get(file, {}).get("sha256")
     if array_digest(arrays) != expected:

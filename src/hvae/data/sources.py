@@ -7,11 +7,13 @@ Order: `$HVAE_DATA_DIR/<dataset>/`, then `data/raw/<dataset>/`, then the public 
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import os
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -70,9 +72,11 @@ def _find(folder: Path, stem: str) -> Path | None:
     return None
 
 
-def _download(urls: Sequence[str], dest: Path, timeout: float) -> None:
-    """Fetch the first URL that answers into `dest`, atomically."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
+def _download(urls: Sequence[str], dest: Path, expected_md5: str, timeout: float) -> bytes:
+    """Fetch the first URL that answers with the right content into `dest`, atomically.
+
+    A download that fails the MD5 check is never kept, so it cannot poison later runs.
+    """
     failures = []
     for url in urls:
         try:
@@ -81,10 +85,19 @@ def _download(urls: Sequence[str], dest: Path, timeout: float) -> None:
         except (urllib.error.URLError, OSError, TimeoutError) as exc:
             failures.append(f"{url}: {getattr(exc, 'reason', exc)}")
             continue
+        try:
+            data = gzip.decompress(payload) if payload[:2] == b"\x1f\x8b" else payload
+        except (OSError, EOFError, zlib.error) as exc:
+            failures.append(f"{url}: corrupt gzip ({exc})")
+            continue
+        if md5_hex(data) != expected_md5:
+            failures.append(f"{url}: MD5 {md5_hex(data)}, expected {expected_md5}")
+            continue
+        dest.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.NamedTemporaryFile(dir=dest.parent, delete=False) as tmp:
             tmp.write(payload)
         os.replace(tmp.name, dest)
-        return
+        return data
     raise DataError(f"{dest.name}: could not download ({'; '.join(failures)})")
 
 
@@ -118,7 +131,9 @@ def obtain(
                 searched = ", ".join(str(d) for d in local_dirs)
                 raise DataError(f"{stem}: not found in {searched} and no mirror configured")
             path = raw_dir / spec.name / f"{stem}.gz"
-            _download([m + f"{stem}.gz" for m in mirrors], path, timeout)
+            urls = [m + f"{stem}.gz" for m in mirrors]
+            out[stem] = _download(urls, path, spec.md5[stem], timeout)
+            continue
         data = read_bytes(path)
         digest = md5_hex(data)
         if digest != spec.md5[stem]:
