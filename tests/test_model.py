@@ -1,0 +1,179 @@
+"""HierarchicalVAE on a tiny configuration: shapes, the top-down pass, and a few train steps."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from hvae.model import HierarchicalVAE, build_model
+
+TINY = {"latent_dims": [4, 3], "hidden_dim": 16, "blocks_per_layer": 1}
+BATCH = 5
+
+
+@pytest.fixture(scope="module")
+def tiny() -> SimpleNamespace:
+    keras.utils.set_random_seed(1)
+    model = build_model(TINY)
+    x = (np.random.default_rng(1).random((BATCH, 784)) < 0.3).astype("float32")
+    return SimpleNamespace(model=model, x=tf.constant(x))
+
+
+def test_build_creates_every_weight(tiny: SimpleNamespace) -> None:
+    model = tiny.model
+    assert isinstance(model, HierarchicalVAE)
+    assert model.built and model.n_layers == 2
+    assert model.kl_names == ["kl_z1", "kl_z2"]
+    assert model.count_params() > 0
+    assert model(tiny.x).shape == (BATCH, 784)
+    # The same config builds a model with identically shaped weights.
+    twin = build_model(model.get_config())
+    assert [w.shape for w in twin.weights] == [w.shape for w in model.weights]
+
+
+def test_output_bias_starts_at_the_given_logits() -> None:
+    bias = np.linspace(-3.0, 3.0, 784).astype("float32")
+    model = build_model(TINY, output_bias=bias)
+    np.testing.assert_allclose(model.to_logits.bias.numpy(), bias)
+
+
+def test_elbo_terms(tiny: SimpleNamespace) -> None:
+    recon, kls = tiny.model.elbo_terms(tiny.x)
+    assert recon.shape == (BATCH,)
+    assert len(kls) == 2
+    for kl in kls:
+        assert kl.shape == (BATCH,)
+        assert np.isfinite(kl.numpy()).all()
+        assert (kl.numpy() >= -1e-5).all()
+    assert np.isfinite(recon.numpy()).all()
+    # -log p(x|z) of 784 Bernoulli pixels is positive (and far from 0 for an untrained model).
+    assert (recon.numpy() > 0).all()
+
+
+def test_decode_with_all_layers_from_the_prior(tiny: SimpleNamespace) -> None:
+    model = tiny.model
+    features = model.encode(tiny.x)
+    logits, stats = model.decode(features, prior_layers=model.n_layers)
+    assert logits.shape == (BATCH, 784)
+    assert len(stats) == 2
+    for layer, s in zip(model.latent_dims, stats, strict=True):
+        assert s.q_mu is None and s.q_sigma is None
+        assert s.z.shape == (BATCH, layer)
+        assert s.p_mu.shape == s.p_sigma.shape == (BATCH, layer)
+    # The top prior is the fixed N(0, I).
+    np.testing.assert_array_equal(stats[-1].p_mu.numpy(), 0.0)
+    np.testing.assert_array_equal(stats[-1].p_sigma.numpy(), 1.0)
+
+
+def test_decode_prior_layers_splits_the_hierarchy(tiny: SimpleNamespace) -> None:
+    model = tiny.model
+    _, stats = model.decode(model.encode(tiny.x), prior_layers=1)
+    assert stats[0].q_mu is None  # z_1 from p(z_1 | z_2)
+    assert stats[1].q_mu is not None and stats[1].q_mu.shape == (BATCH, 3)
+    _, stats = model.decode(model.encode(tiny.x))
+    assert all(s.q_mu is not None for s in stats)
+    assert all((s.q_sigma.numpy() >= model.min_sigma).all() for s in stats)
+
+
+def test_fixed_top_layer_is_kept_exactly(tiny: SimpleNamespace) -> None:
+    model = tiny.model
+    top = model.n_layers - 1
+    z_top = tf.constant(np.random.default_rng(2).normal(size=(BATCH, 3)).astype("float32"))
+    for features in (None, model.encode(tiny.x)):
+        _, stats = model.decode(features, batch_size=BATCH, fixed={top: z_top})
+        np.testing.assert_array_equal(stats[top].z.numpy(), z_top.numpy())
+        assert not np.array_equal(stats[0].z.numpy(), stats[0].p_mu.numpy())  # still sampled
+    # With the top fixed and means below it, the pass is deterministic.
+    first, _ = model.decode(batch_size=BATCH, fixed={top: z_top}, use_mean=True)
+    second, _ = model.decode(batch_size=BATCH, fixed={top: z_top}, use_mean=True)
+    np.testing.assert_array_equal(first.numpy(), second.numpy())
+
+
+def test_use_mean_takes_the_means(tiny: SimpleNamespace) -> None:
+    _, stats = tiny.model.decode(tiny.model.encode(tiny.x), use_mean=True)
+    for s in stats:
+        np.testing.assert_array_equal(s.z.numpy(), s.q_mu.numpy())
+
+
+def test_generate(tiny: SimpleNamespace) -> None:
+    probs = tiny.model.generate(7).numpy()
+    assert probs.shape == (7, 784)
+    assert ((probs >= 0.0) & (probs <= 1.0)).all()
+    assert not np.array_equal(probs[0], probs[1])  # distinct prior draws
+    cold = tiny.model.generate(3, temperature=0.0, fixed={1: tf.zeros((3, 3))}).numpy()
+    np.testing.assert_allclose(cold[0], cold[1], rtol=1e-6)
+
+
+def test_posterior_means(tiny: SimpleNamespace) -> None:
+    means = tiny.model.posterior_means(tiny.x)
+    assert [m.shape for m in means] == [(BATCH, 4), (BATCH, 3)]
+    again = tiny.model.posterior_means(tiny.x)
+    for a, b in zip(means, again, strict=True):
+        np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_reconstruct_is_deterministic_probabilities(tiny: SimpleNamespace) -> None:
+    first = tiny.model.reconstruct(tiny.x).numpy()
+    assert first.shape == (BATCH, 784)
+    assert ((first >= 0.0) & (first <= 1.0)).all()
+    np.testing.assert_array_equal(first, tiny.model.reconstruct(tiny.x).numpy())
+
+
+# -- training -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained() -> SimpleNamespace:
+    """Two epochs of one 8-image batch each, with a 10-step KL warm-up."""
+    keras.utils.set_random_seed(2)
+    model = build_model({**TINY, "kl_warmup_steps": 10})
+    model.compile(optimizer=keras.optimizers.Adam(1e-3))
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    images = np.random.default_rng(2).random((8, 784)).astype("float32")
+    history = model.fit(images, batch_size=8, epochs=2, shuffle=False, verbose=0)
+    return SimpleNamespace(model=model, before=before, history=history.history)
+
+
+def test_fit_reports_every_metric(trained: SimpleNamespace) -> None:
+    expected = {"loss", "elbo", "recon", "kl", "kl_z1", "kl_z2", "beta"}
+    assert set(trained.history) == expected
+    for name, values in trained.history.items():
+        assert len(values) == 2, name
+        assert np.isfinite(values).all(), name
+
+
+def test_fit_metrics_are_consistent(trained: SimpleNamespace) -> None:
+    h = {name: np.array(values) for name, values in trained.history.items()}
+    np.testing.assert_allclose(h["kl"], h["kl_z1"] + h["kl_z2"], rtol=1e-5)
+    np.testing.assert_allclose(h["elbo"], -(h["recon"] + h["kl"]), rtol=1e-5)
+    np.testing.assert_allclose(h["loss"], h["recon"] + h["beta"] * h["kl"], rtol=1e-5)
+    assert (h["kl_z1"] >= 0).all() and (h["kl_z2"] >= 0).all()
+
+
+def test_beta_warms_up_linearly(trained: SimpleNamespace) -> None:
+    # Step 1 trains with beta = 1/10, step 2 with 2/10 (one step per epoch here).
+    np.testing.assert_allclose(trained.history["beta"], [0.1, 0.2], rtol=1e-6)
+    assert int(trained.model.optimizer.iterations) == 2
+    np.testing.assert_allclose(float(trained.model.beta()), 0.3, rtol=1e-6)
+
+
+def test_fit_updates_the_weights(trained: SimpleNamespace) -> None:
+    after = trained.model.trainable_weights
+    changed = [not np.array_equal(b, a.numpy()) for b, a in zip(trained.before, after, strict=True)]
+    assert sum(changed) > 0.9 * len(changed)
+
+
+def test_beta_is_one_without_warmup(tiny: SimpleNamespace) -> None:
+    assert tiny.model.kl_warmup_steps == 0
+    assert float(tiny.model.beta()) == 1.0
+
+
+def test_evaluate_reports_the_true_elbo(trained: SimpleNamespace) -> None:
+    binary = (np.random.default_rng(3).random((4, 784)) < 0.3).astype("float32")
+    result = trained.model.evaluate(binary, batch_size=4, verbose=0, return_dict=True)
+    assert result["beta"] == pytest.approx(1.0)
+    assert result["loss"] == pytest.approx(-result["elbo"], rel=1e-5)
