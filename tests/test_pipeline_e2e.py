@@ -111,6 +111,10 @@ def test_mlflow_run_and_registry(pipeline_run) -> None:
             history = client.get_metric_history(run_id, f"{split}/kl_z{layer}")
             assert [m.step for m in history] == [1]
     assert "test/nll" in run.data.metrics
+    # 50 000 images / batch 250 = 200 steps; per-step metrics every 100 steps.
+    assert [m.step for m in client.get_metric_history(run_id, "step/elbo")] == [100, 200]
+    betas = [m.value for m in client.get_metric_history(run_id, "step/beta")]
+    assert betas == pytest.approx([0.5, 1.0], abs=1e-4)  # the batch's own beta, not a mean
     assert run.data.tags["data_digest"]
     assert run.inputs.dataset_inputs, "the training data is logged as a run input"
 

@@ -21,8 +21,8 @@ def _learning_rate(model: keras.Model) -> float:
 class EpochRecorder(keras.callbacks.Callback):
     """One row per epoch, sent to MLflow and to a CSV for `dvc plots`: the same numbers.
 
-    MLflow also gets `step/*` metrics every `every_steps` optimizer steps, so a long epoch
-    is visible while it runs.
+    MLflow also gets `step/*` metrics (that step's batch alone) every `every_steps`
+    optimizer steps, so a long epoch is visible while it runs.
     """
 
     def __init__(self, run_id: str, csv_path: Path, every_steps: int):
@@ -35,14 +35,22 @@ class EpochRecorder(keras.callbacks.Callback):
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._started = time.perf_counter()
+        self._previous: dict = {}
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        # Keras reports running means over the epoch; with equal batches the value of
+        # batch b alone is (b+1)*mean_b - b*mean_{b-1}, which is what a step curve should show.
+        logs = {k: float(v) for k, v in (logs or {}).items()}
+        previous, self._previous = self._previous, logs
         step = int(self.model.optimizer.iterations.numpy())
         if step % self.every_steps or not logs:
             return
         now = int(time.time() * 1000)
-        metrics = [Metric(f"step/{k}", float(v), now, step) for k, v in logs.items()]
-        self.client.log_batch(self.run_id, metrics=metrics, synchronous=False)
+        metrics = [
+            Metric(f"step/{k}", (batch + 1) * v - batch * previous.get(k, v), now, step)
+            for k, v in logs.items()
+        ]
+        self.client.log_batch(self.run_id, metrics=metrics)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         row = {"epoch": epoch + 1}
