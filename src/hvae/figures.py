@@ -31,12 +31,20 @@ def image_grid(rows: np.ndarray, title: str, row_labels: list[str] | None = None
     return fig
 
 
+def _marker(history: pd.DataFrame) -> str | None:
+    """Dots on short runs, so a one-epoch history still shows its points."""
+    return "o" if len(history) < 20 else None
+
+
 def loss_curves(history: pd.DataFrame) -> Figure:
     fig, (ax_elbo, ax_parts) = plt.subplots(1, 2, figsize=(11, 4))
+    m = _marker(history)
     for split in ("train", "val"):
-        ax_elbo.plot(history["epoch"], history[f"{split}_elbo"], label=f"{split} ELBO")
-        ax_parts.plot(history["epoch"], history[f"{split}_recon"], label=f"{split} reconstruction")
-        ax_parts.plot(history["epoch"], history[f"{split}_kl"], "--", label=f"{split} KL")
+        ax_elbo.plot(history["epoch"], history[f"{split}_elbo"], marker=m, label=f"{split} ELBO")
+        ax_parts.plot(
+            history["epoch"], history[f"{split}_recon"], marker=m, label=f"{split} reconstruction"
+        )
+        ax_parts.plot(history["epoch"], history[f"{split}_kl"], "--", marker=m, label=f"{split} KL")
     ax_elbo.set(xlabel="epoch", ylabel="nats per image", title="ELBO (higher is better)")
     ax_parts.set(xlabel="epoch", ylabel="nats per image", title="ELBO terms")
     # Early epochs dwarf the rest; clip the view to the informative range.
@@ -55,8 +63,10 @@ def layer_kl(history: pd.DataFrame, test_kl: dict[str, float]) -> Figure:
         key=lambda n: int(n.removeprefix("kl_z")),
     )
     fig, (ax_curve, ax_bar) = plt.subplots(1, 2, figsize=(11, 4))
+    m = _marker(history)
     for name in names:
-        ax_curve.plot(history["epoch"], history[f"val_{name}"], label=name.replace("kl_", "KL "))
+        label = name.replace("kl_", "KL ")
+        ax_curve.plot(history["epoch"], history[f"val_{name}"], marker=m, label=label)
     ax_curve.set(xlabel="epoch", ylabel="nats per image", title="validation KL per layer")
     ax_curve.grid(alpha=0.3)
     ax_curve.legend()
