@@ -1,6 +1,6 @@
 """Training speed of the default model, in one run on this machine.
 
-    python -m bench.speed [--params params.yaml] [--steps 200]
+    python -m bench.speed [--params params.yaml] [--steps 200] [--rounds 3]
 
 Prints (1) examples/s of the project's compiled train step and of the seed notebook's eager
 GradientTape loop (batch 64), and their ratio; (2) model FLOP utilisation: the train step's
@@ -20,15 +20,13 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from bench.common import default_model
 from bench.seed_vae import eager_examples_per_second
 from hvae.config import load_params
 from hvae.data.pipeline import train_dataset
+from hvae.training import compiled_model
 
 
-def compiled_examples_per_second(model, images: np.ndarray, batch: int, steps: int) -> float:
-    data = train_dataset(images, batch, seed=0).repeat()
-    model.fit(data, epochs=1, steps_per_epoch=10, verbose=0, shuffle=False)  # warm-up
+def compiled_examples_per_second(model, data: tf.data.Dataset, batch: int, steps: int) -> float:
     started = time.perf_counter()
     model.fit(data, epochs=1, steps_per_epoch=steps, verbose=0, shuffle=False)
     return steps * batch / (time.perf_counter() - started)
@@ -65,27 +63,36 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
     params = load_params(args.params)
     keras.utils.set_random_seed(0)
     images = np.random.default_rng(0).integers(0, 256, (20_000, 28, 28), dtype=np.uint8)
 
-    model = default_model(params, steps_per_epoch=len(images) // params.train.batch_size)
+    model = compiled_model(params, steps_per_epoch=len(images) // params.train.batch_size)
     batch = params.train.batch_size
-    ours = compiled_examples_per_second(model, images, batch, args.steps)
-    seed = eager_examples_per_second(images / 255.0, steps=args.steps)
-    print(f"threads: {tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()}")
-    print(f"train throughput, project (compiled, batch {batch}): {ours:10.0f} examples/s")
-    print(f"train throughput, seed loop (eager, batch 64):     {seed:10.0f} examples/s")
-    print(f"ratio project / seed: {ours / seed:.1f}x")
+    data = train_dataset(images, batch, seed=0).repeat()
+    # Warm-up: tracing, oneDNN primitive caches, tf.data buffers.
+    compiled_examples_per_second(model, data, batch, 5 * params.train.steps_per_execution)
 
-    peak = matmul_flops_per_second()
+    # Interleaved rounds, so a neighbour's load slows every measurement alike; medians.
+    ours, seed, peak = [], [], []
+    for _ in range(args.rounds):
+        ours.append(compiled_examples_per_second(model, data, batch, args.steps))
+        seed.append(eager_examples_per_second(images / 255.0, steps=args.steps))
+        peak.append(matmul_flops_per_second())
+    ours_eps, seed_eps, peak_flops = (float(np.median(v)) for v in (ours, seed, peak))
+    print(f"threads: {tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()}")
+    print(f"rounds: {args.rounds}, {args.steps} steps each; medians below")
+    print(f"train throughput, project (compiled, batch {batch}): {ours_eps:10.0f} examples/s")
+    print(f"train throughput, seed loop (eager, batch 64):     {seed_eps:10.0f} examples/s")
+    print(f"ratio project / seed: {ours_eps / seed_eps:.1f}x")
+
     per_example = train_step_flops_per_example(model)
-    ours = compiled_examples_per_second(model, images, batch, args.steps)
-    achieved = ours * per_example
+    achieved = ours_eps * per_example
     print(f"train step: {per_example / 1e6:.2f} MFLOP per example, {achieved / 1e9:.1f} GFLOP/s")
-    print(f"float32 matmul peak (2048^3, measured now): {peak / 1e9:.1f} GFLOP/s")
-    print(f"model FLOP utilisation: {100 * achieved / peak:.0f} %")
+    print(f"float32 matmul peak (2048^3, measured now): {peak_flops / 1e9:.1f} GFLOP/s")
+    print(f"model FLOP utilisation: {100 * achieved / peak_flops:.0f} %")
 
 
 if __name__ == "__main__":

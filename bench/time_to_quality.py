@@ -21,11 +21,11 @@ import keras
 import matplotlib.pyplot as plt
 import pandas as pd
 
-from bench.common import default_model
 from hvae import atomic, evaluation, figures, paths
 from hvae.config import load_params
 from hvae.data import pipeline, prepared
 from hvae.model.hvae import pixel_logits
+from hvae.training import compiled_model, training_callbacks
 
 OUT = Path("reports/bench")
 SUBSET, K = 1000, 100
@@ -66,12 +66,12 @@ def main() -> None:
     train = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "train")
     valid = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "valid")
     batch = params.train.batch_size
-    model = default_model(params, len(train) // batch, pixel_logits(train.images))
+    model = compiled_model(params, len(train) // batch, pixel_logits(train.images))
     probe = NllProbe(valid.images[:SUBSET], args.every)
     model.fit(
         pipeline.train_dataset(train.images, batch, params.seed),
         epochs=args.epochs or params.train.epochs,
-        callbacks=[probe],
+        callbacks=[*training_callbacks(params), probe],
         verbose=0,
     )
     table = pd.DataFrame(probe.rows)

@@ -13,10 +13,11 @@ import tensorflow as tf
 from hvae.model import HierarchicalVAE, build_model
 from hvae.model.distributions import (
     bernoulli_log_prob,
+    free_bits_kl,
     gaussian_kl,
+    gaussian_kl_per_unit,
     gaussian_log_prob,
     importance_weighted_bound,
-    standard_normal_log_prob,
 )
 
 TINY = {"latent_dims": [4, 3], "hidden_dim": 16, "blocks_per_layer": 1}
@@ -52,10 +53,30 @@ def test_gaussian_log_prob_single_value() -> None:
     assert got == pytest.approx(-0.5 * math.log(2 * math.pi) - math.log(2.0) - 0.125, rel=1e-6)
 
 
-def test_standard_normal_is_the_unit_gaussian() -> None:
-    z = tf.constant(np.random.default_rng(1).normal(size=(4, 6)))
-    expected = gaussian_log_prob(z, tf.zeros_like(z), tf.ones_like(z))
-    np.testing.assert_allclose(standard_normal_log_prob(z).numpy(), expected.numpy(), rtol=1e-12)
+def test_free_bits_clamp_each_unit_batch_mean_from_below() -> None:
+    # Unit 0 averages 0.1 nats over the batch, unit 1 averages 2.0: with 0.5 free bits the
+    # first counts as 0.5, the second as itself.
+    kl = tf.constant([[0.0, 1.0], [0.2, 3.0]])
+    assert free_bits_kl(kl, 0.5).numpy() == pytest.approx(2.5)
+    assert free_bits_kl(kl, 0.0).numpy() == pytest.approx(0.1 + 2.0)
+
+
+def test_free_bits_stop_the_gradient_of_units_below_the_floor() -> None:
+    kl = tf.Variable([[0.0, 1.0], [0.2, 3.0]])
+    with tf.GradientTape() as tape:
+        loss = free_bits_kl(kl, 0.5)
+    grad = tape.gradient(loss, kl).numpy()
+    np.testing.assert_allclose(grad[:, 0], 0.0)
+    np.testing.assert_allclose(grad[:, 1], 0.5)  # d mean / d element
+
+
+def test_kl_per_unit_sums_to_the_layer_kl() -> None:
+    rng = np.random.default_rng(1)
+    mu_q, mu_p = (tf.constant(rng.normal(size=(4, 6))) for _ in range(2))
+    s_q, s_p = (tf.constant(rng.uniform(0.1, 3.0, size=(4, 6))) for _ in range(2))
+    units = gaussian_kl_per_unit(mu_q, s_q, mu_p, s_p).numpy()
+    assert units.shape == (4, 6)
+    np.testing.assert_allclose(units.sum(-1), gaussian_kl(mu_q, s_q, mu_p, s_p).numpy(), rtol=1e-12)
 
 
 def test_kl_of_identical_distributions_is_zero() -> None:

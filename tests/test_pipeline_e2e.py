@@ -33,6 +33,7 @@ TINY = [
     "model.hidden_dim=32",
     "train.batch_size=250",
     "train.kl_warmup_epochs=1",
+    "train.log_every_steps=100",
     "render.n_samples=16",
     "render.hierarchy_rows=2",
 ]
@@ -113,8 +114,12 @@ def test_mlflow_run_and_registry(pipeline_run) -> None:
     assert "test/nll" in run.data.metrics
     # 50 000 images / batch 250 = 200 steps; per-step metrics every 100 steps.
     assert [m.step for m in client.get_metric_history(run_id, "step/elbo")] == [100, 200]
+    # beta = step/200; each point is the mean over the 10 steps of its compiled call
+    # (steps 91-100 and 191-200), not the epoch's running mean (0.2525 at step 100).
     betas = [m.value for m in client.get_metric_history(run_id, "step/beta")]
-    assert betas == pytest.approx([0.5, 1.0], abs=1e-4)  # the batch's own beta, not a mean
+    assert betas == pytest.approx([95.5 / 200, 195.5 / 200], abs=1e-4)
+    assert client.get_metric_history(run_id, "train/skip_rate")[0].value == 0.0
+    assert client.get_metric_history(run_id, "train/grad_norm")[0].value > 0.0
     assert run.data.tags["data_digest"]
     assert run.inputs.dataset_inputs, "the training data is logged as a run input"
 

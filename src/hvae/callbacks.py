@@ -21,8 +21,9 @@ def _learning_rate(model: keras.Model) -> float:
 class EpochRecorder(keras.callbacks.Callback):
     """One row per epoch, sent to MLflow and to a CSV for `dvc plots`: the same numbers.
 
-    MLflow also gets `step/*` metrics (that step's batch alone) every `every_steps`
-    optimizer steps, so a long epoch is visible while it runs.
+    MLflow also gets `step/*` metrics about every `every_steps` optimizer steps, so a long
+    epoch is visible while it runs: the mean over the steps since the previous callback
+    (one compiled call of `steps_per_execution` steps), not the epoch's running mean.
     """
 
     def __init__(self, run_id: str, csv_path: Path, every_steps: int):
@@ -32,22 +33,26 @@ class EpochRecorder(keras.callbacks.Callback):
         self.csv_path = Path(csv_path)
         self.every_steps = every_steps
         self.rows: list[dict[str, float]] = []
+        self._logged_step = 0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._started = time.perf_counter()
-        self._previous: dict = {}
+        self._previous: tuple[int, dict] = (0, {})
 
     def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        # Keras reports running means over the epoch; with equal batches the value of
-        # batch b alone is (b+1)*mean_b - b*mean_{b-1}, which is what a step curve should show.
+        # Keras reports running means over the epoch. After n batches the mean of the batches
+        # since the previous report (after n0) is (n*mean_n - n0*mean_n0) / (n - n0).
         logs = {k: float(v) for k, v in (logs or {}).items()}
-        previous, self._previous = self._previous, logs
+        n0, previous = self._previous
+        n = batch + 1
+        self._previous = (n, logs)
         step = int(self.model.optimizer.iterations.numpy())
-        if step % self.every_steps or not logs:
+        if step // self.every_steps <= self._logged_step // self.every_steps or not logs:
             return
+        self._logged_step = step
         now = int(time.time() * 1000)
         metrics = [
-            Metric(f"step/{k}", (batch + 1) * v - batch * previous.get(k, v), now, step)
+            Metric(f"step/{k}", (n * v - n0 * previous.get(k, v)) / (n - n0), now, step)
             for k, v in logs.items()
         ]
         self.client.log_batch(self.run_id, metrics=metrics)

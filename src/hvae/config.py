@@ -36,7 +36,7 @@ class PrepareParams(_Section):
 class ModelParams(_Section):
     # Bottom (z_1, next to the pixels) to top (z_L).
     latent_dims: list[int] = Field(default_factory=lambda: [32, 16, 8], min_length=2)
-    hidden_dim: int = Field(512, ge=8)
+    hidden_dim: int = Field(256, ge=8)
     blocks_per_layer: int = Field(1, ge=0)
     min_sigma: float = Field(1e-3, gt=0.0, lt=1.0)
 
@@ -49,13 +49,27 @@ class ModelParams(_Section):
 
 class TrainParams(_Section):
     epochs: int = Field(100, ge=1)
-    batch_size: int = Field(128, ge=1)
-    learning_rate: float = Field(1e-3, gt=0.0)
+    batch_size: int = Field(512, ge=1)
+    learning_rate: float = Field(2e-3, gt=0.0)
     lr_min_ratio: float = Field(0.05, ge=0.0, le=1.0)
     kl_warmup_epochs: int = Field(10, ge=0)
     grad_clip_norm: float = Field(200.0, gt=0.0)
-    log_every_steps: int = Field(100, ge=1)
+    # Updates whose gradient norm is non-finite or above this are skipped (and counted).
+    skip_grad_norm: float = Field(1000.0, gt=0.0)
+    free_bits: float = Field(0.0, ge=0.0)
+    ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
+    steps_per_execution: int = Field(10, ge=1)
+    log_every_steps: int = Field(50, ge=1)
     strategy: Literal["auto", "mirrored", "one_device"] = "auto"
+
+    @model_validator(mode="after")
+    def _skip_above_clip(self) -> TrainParams:
+        if self.skip_grad_norm <= self.grad_clip_norm:
+            raise ValueError(
+                f"train.skip_grad_norm: must be > train.grad_clip_norm={self.grad_clip_norm} "
+                f"(got {self.skip_grad_norm}); updates between the two are clipped, not skipped"
+            )
+        return self
 
 
 class EvaluateParams(_Section):

@@ -15,18 +15,27 @@ def gaussian_log_prob(z: tf.Tensor, mu: tf.Tensor, sigma: tf.Tensor) -> tf.Tenso
     return tf.reduce_sum(-0.5 * LOG_2PI - tf.math.log(sigma) - 0.5 * scaled**2, axis=-1)
 
 
-def standard_normal_log_prob(z: tf.Tensor) -> tf.Tensor:
-    return tf.reduce_sum(-0.5 * LOG_2PI - 0.5 * z**2, axis=-1)
+def gaussian_kl_per_unit(
+    mu_q: tf.Tensor, sigma_q: tf.Tensor, mu_p: tf.Tensor, sigma_p: tf.Tensor
+) -> tf.Tensor:
+    """KL(N(mu_q, sigma_q^2) || N(mu_p, sigma_p^2)) of each latent unit, analytic (no sum)."""
+    ratio = (sigma_q / sigma_p) ** 2
+    return 0.5 * (ratio + ((mu_q - mu_p) / sigma_p) ** 2 - 1.0 - tf.math.log(ratio))
 
 
 def gaussian_kl(
     mu_q: tf.Tensor, sigma_q: tf.Tensor, mu_p: tf.Tensor, sigma_p: tf.Tensor
 ) -> tf.Tensor:
-    """KL(N(mu_q, sigma_q^2) || N(mu_p, sigma_p^2)), analytic."""
-    ratio = (sigma_q / sigma_p) ** 2
-    return tf.reduce_sum(
-        0.5 * (ratio + ((mu_q - mu_p) / sigma_p) ** 2 - 1.0 - tf.math.log(ratio)), axis=-1
-    )
+    """KL of diagonal Gaussians, summed over the units of a layer."""
+    return tf.reduce_sum(gaussian_kl_per_unit(mu_q, sigma_q, mu_p, sigma_p), axis=-1)
+
+
+def free_bits_kl(kl_per_unit: tf.Tensor, free_bits: float) -> tf.Tensor:
+    """sum_units max(E_batch[KL_unit], free_bits): the KL term of a training loss with free bits
+    (Kingma et al. 2016). Below `free_bits` nats a unit's KL has no gradient, so the optimiser
+    cannot buy a little reconstruction by switching that unit off. Never use it to report a bound.
+    """
+    return tf.reduce_sum(tf.maximum(tf.reduce_mean(kl_per_unit, axis=0), free_bits))
 
 
 def bernoulli_log_prob(x: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:

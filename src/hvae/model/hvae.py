@@ -22,7 +22,8 @@ import tensorflow as tf
 from hvae.model.blocks import GaussianHead, ResidualBlock
 from hvae.model.distributions import (
     bernoulli_log_prob,
-    gaussian_kl,
+    free_bits_kl,
+    gaussian_kl_per_unit,
     gaussian_log_prob,
 )
 
@@ -71,6 +72,8 @@ class HierarchicalVAE(keras.Model):
         min_sigma: float = 1e-3,
         pixels: int = 784,
         kl_warmup_steps: int = 0,
+        free_bits: float = 0.0,
+        skip_grad_norm: float | None = None,
         output_bias: Sequence[float] | None = None,
         seed: int = 0,
         **kwargs,
@@ -82,6 +85,8 @@ class HierarchicalVAE(keras.Model):
         self.min_sigma = min_sigma
         self.pixels = pixels
         self.kl_warmup_steps = kl_warmup_steps
+        self.free_bits = free_bits
+        self.skip_grad_norm = skip_grad_norm
         self.seed = seed
         n = len(self.latent_dims)
 
@@ -105,7 +110,7 @@ class HierarchicalVAE(keras.Model):
 
         self.trackers = {
             name: keras.metrics.Mean(name=name)
-            for name in ["loss", "elbo", "recon", "kl", *self.kl_names, "beta"]
+            for name in [*self.bound_names, "beta", "grad_norm", "skip_rate"]
         }
 
     def build(self, input_shape) -> None:
@@ -122,6 +127,10 @@ class HierarchicalVAE(keras.Model):
         return [f"kl_z{i + 1}" for i in range(self.n_layers)]
 
     @property
+    def bound_names(self) -> list[str]:
+        return ["loss", "elbo", "recon", "kl", *self.kl_names]
+
+    @property
     def metrics(self) -> list[keras.metrics.Metric]:
         return list(self.trackers.values())
 
@@ -133,6 +142,8 @@ class HierarchicalVAE(keras.Model):
             "min_sigma": self.min_sigma,
             "pixels": self.pixels,
             "kl_warmup_steps": self.kl_warmup_steps,
+            "free_bits": self.free_bits,
+            "skip_grad_norm": self.skip_grad_norm,
             "seed": self.seed,
         }
 
@@ -196,10 +207,13 @@ class HierarchicalVAE(keras.Model):
 
     def elbo_terms(self, x: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
         """Per-example reconstruction loss -log p(x|z) and the analytic KL of every layer."""
+        recon, kl_units = self._recon_and_kl_units(x)
+        return recon, [tf.reduce_sum(k, axis=-1) for k in kl_units]
+
+    def _recon_and_kl_units(self, x: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
         logits, stats = self.decode(self.encode(x))
         recon = -bernoulli_log_prob(x, logits)
-        kls = [gaussian_kl(s.q_mu, s.q_sigma, s.p_mu, s.p_sigma) for s in stats]
-        return recon, kls
+        return recon, [gaussian_kl_per_unit(s.q_mu, s.q_sigma, s.p_mu, s.p_sigma) for s in stats]
 
     def log_weights(self, x: tf.Tensor, features: Sequence[tf.Tensor]) -> tf.Tensor:
         """log p(x, z) - log q(z | x) at one posterior sample z per row."""
@@ -241,32 +255,68 @@ class HierarchicalVAE(keras.Model):
         step = tf.cast(self.optimizer.iterations + 1, tf.float32)
         return tf.minimum(1.0, step / float(self.kl_warmup_steps))
 
-    def _update(self, recon: tf.Tensor, kls: list[tf.Tensor], loss: tf.Tensor, beta) -> dict:
+    def _bound_metrics(self, loss: tf.Tensor, recon: tf.Tensor, kls: list[tf.Tensor]) -> None:
+        # Always the unclamped KL: free bits change the training loss, never the reported bound.
         kl = tf.add_n(kls)
-        values = {"loss": loss, "elbo": -(recon + kl), "recon": recon, "kl": kl, "beta": beta}
+        values = {"loss": loss, "elbo": -(recon + kl), "recon": recon, "kl": kl}
         values.update(zip(self.kl_names, kls, strict=True))
         for name, value in values.items():
             self.trackers[name].update_state(value)
-        return {name: t.result() for name, t in self.trackers.items()}
+
+    def _results(self, names: Sequence[str]) -> dict:
+        return {name: self.trackers[name].result() for name in names}
 
     def train_step(self, data: tf.Tensor) -> dict:
         # Dynamic binarization: a fresh Bernoulli draw of every image each time it is seen.
         x = tf.cast(keras.random.uniform(tf.shape(data), seed=self.noise) < data, data.dtype)
         beta = self.beta()
         with tf.GradientTape() as tape:
-            recon, kls = self.elbo_terms(x)
-            loss = tf.reduce_mean(recon + beta * tf.add_n(kls))
+            recon, kl_units = self._recon_and_kl_units(x)
+            if self.free_bits > 0:
+                kl_loss = tf.add_n([free_bits_kl(k, self.free_bits) for k in kl_units])
+            else:
+                kl_loss = tf.reduce_mean(tf.add_n([tf.reduce_sum(k, -1) for k in kl_units]))
+            loss = tf.reduce_mean(recon) + beta * kl_loss
             # Gradients are summed over replicas, so each replica contributes its share.
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            scaled = loss / replicas
+            scaled = loss / tf.distribute.get_strategy().num_replicas_in_sync
         grads = tape.gradient(scaled, self.trainable_weights)
-        self.optimizer.apply_gradients(zip(grads, self.trainable_weights, strict=True))
-        return self._update(recon, kls, recon + beta * tf.add_n(kls), beta)
+        self._apply_or_skip(grads)
+        self._bound_metrics(loss, recon, [tf.reduce_sum(k, -1) for k in kl_units])
+        self.trackers["beta"].update_state(beta)
+        return self._results(self.trackers)
+
+    def _apply_or_skip(self, grads: list[tf.Tensor]) -> None:
+        """Apply the update unless its gradient is non-finite or its norm above skip_grad_norm.
+
+        One bad batch (a near-zero sigma, an outlier image) can otherwise wreck Adam's moments
+        for thousands of steps; skipping it and counting the skips (VDVAE does the same) keeps
+        the run alive and makes the problem visible as `skip_rate` in MLflow.
+        Clipping to grad_clip_norm happens inside the optimizer for the updates that pass.
+        """
+        norm = tf.linalg.global_norm(grads)
+        ok = tf.math.is_finite(norm)
+        if self.skip_grad_norm is not None:
+            ok = tf.logical_and(ok, norm < self.skip_grad_norm)
+        # Every replica must take the same branch, so any replica's veto counts for all.
+        context = tf.distribute.get_replica_context()
+        if context is not None and context.num_replicas_in_sync > 1:
+            ok = context.all_reduce("min", tf.cast(ok, tf.float32)) > 0.5
+
+        def apply() -> tf.Tensor:
+            self.optimizer.apply_gradients(zip(grads, self.trainable_weights, strict=True))
+            return tf.constant(0.0)
+
+        skipped = tf.cond(ok, apply, lambda: tf.constant(1.0))
+        self.trackers["skip_rate"].update_state(skipped)
+        self.trackers["grad_norm"].update_state(
+            tf.where(tf.math.is_finite(norm), norm, 0.0), sample_weight=tf.cast(ok, norm.dtype)
+        )
 
     def test_step(self, data: tf.Tensor) -> dict:
         # Validation data arrive binarized once (fixed seed); the bound is the true ELBO.
         recon, kls = self.elbo_terms(data)
-        return self._update(recon, kls, recon + tf.add_n(kls), tf.constant(1.0))
+        self._bound_metrics(recon + tf.add_n(kls), recon, kls)
+        return self._results(self.bound_names)
 
     # -- generation and inspection -------------------------------------------------------------
 

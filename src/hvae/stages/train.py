@@ -15,8 +15,8 @@ from hvae.callbacks import Checkpoint, EpochRecorder
 from hvae.config import Params, flatten
 from hvae.data import pipeline, prepared
 from hvae.distribute import choose_strategy
-from hvae.model import HierarchicalVAE
 from hvae.model.hvae import pixel_logits
+from hvae.training import compiled_model, training_callbacks
 
 
 def _log_dataset(manifest: dict, train: prepared.Split) -> None:
@@ -32,7 +32,7 @@ def _log_dataset(manifest: dict, train: prepared.Split) -> None:
 def run(params: Params, root: Path) -> None:
     started = time.perf_counter()
     keras.utils.set_random_seed(params.seed)
-    t, m = params.train, params.model
+    t = params.train
     manifest = prepared.read_manifest(paths.PREPARED)
     train = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "train")
     valid = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "valid")
@@ -40,20 +40,7 @@ def run(params: Params, root: Path) -> None:
 
     strategy = choose_strategy(t.strategy)
     with strategy.scope():
-        model = HierarchicalVAE(
-            latent_dims=m.latent_dims,
-            hidden_dim=m.hidden_dim,
-            blocks_per_layer=m.blocks_per_layer,
-            min_sigma=m.min_sigma,
-            kl_warmup_steps=t.kl_warmup_epochs * steps_per_epoch,
-            output_bias=pixel_logits(train.images),
-            seed=params.seed,
-        )
-        schedule = keras.optimizers.schedules.CosineDecay(
-            t.learning_rate, decay_steps=t.epochs * steps_per_epoch, alpha=t.lr_min_ratio
-        )
-        model.compile(optimizer=keras.optimizers.Adam(schedule, global_clipnorm=t.grad_clip_norm))
-        model(keras.ops.zeros((1, model.pixels)))
+        model = compiled_model(params, steps_per_epoch, pixel_logits(train.images))
 
     train_ds = pipeline.train_dataset(train.images, t.batch_size, params.seed)
     valid_ds = pipeline.eval_dataset(valid.images, t.batch_size)
@@ -85,7 +72,7 @@ def run(params: Params, root: Path) -> None:
             train_ds,
             validation_data=valid_ds,
             epochs=t.epochs,
-            callbacks=[recorder, checkpoint],
+            callbacks=[*training_callbacks(params), recorder, checkpoint],
             shuffle=False,  # tf.data reshuffles every epoch itself
             # A progress bar for a person at a terminal, one line per epoch for logs and CI.
             verbose=1 if sys.stdout.isatty() else 2,
