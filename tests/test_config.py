@@ -53,7 +53,7 @@ def test_empty_file_gives_code_defaults(tmp_path: Path) -> None:
     params = load_params(_write(tmp_path, "# nothing set\n"))
     assert params == Params()
     assert params.train.epochs == 100
-    assert params.train.batch_size == 128
+    assert params.train.batch_size == 512
     assert params.model.latent_dims == [32, 16, 8]
     assert params.prepare.validation_size == 10_000
     assert params.evaluate.iw_samples == 1000
@@ -145,6 +145,10 @@ def test_wrong_type_names_the_key(tmp_path: Path, text: str, key: str) -> None:
         ("train:\n  learning_rate: -1e-3\n", "train.learning_rate"),
         ("train:\n  learning_rate: 0\n", "train.learning_rate"),
         ("train:\n  lr_min_ratio: 1.5\n", "train.lr_min_ratio"),
+        ("train:\n  ema_decay: 1.0\n", "train.ema_decay"),
+        ("train:\n  free_bits: -0.1\n", "train.free_bits"),
+        ("train:\n  steps_per_execution: 0\n", "train.steps_per_execution"),
+        ("train:\n  grad_clip_norm: 200\n  skip_grad_norm: 100\n", "train.skip_grad_norm"),
         ("model:\n  latent_dims: []\n", "model.latent_dims"),
         ("model:\n  latent_dims: [16]\n", "model.latent_dims"),
         ("model:\n  latent_dims: [8, 0]\n", "model.latent_dims"),

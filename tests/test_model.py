@@ -182,7 +182,9 @@ def _fit_once(images: np.ndarray, **config) -> tuple[HierarchicalVAE, list, dict
 
 
 def _unchanged(model: HierarchicalVAE, before: list) -> bool:
-    return all(np.array_equal(b, a.numpy()) for b, a in zip(before, model.trainable_weights))
+    return all(
+        np.array_equal(b, a.numpy()) for b, a in zip(before, model.trainable_weights, strict=True)
+    )
 
 
 def test_a_huge_gradient_skips_the_update_and_is_counted() -> None:

@@ -120,6 +120,12 @@ def test_mlflow_run_and_registry(pipeline_run) -> None:
     assert betas == pytest.approx([95.5 / 200, 195.5 / 200], abs=1e-4)
     assert client.get_metric_history(run_id, "train/skip_rate")[0].value == 0.0
     assert client.get_metric_history(run_id, "train/grad_norm")[0].value > 0.0
+    # Time to quality: one probe at the last (only) epoch, in MLflow and in the CSV.
+    (probe,) = client.get_metric_history(run_id, "val/nll_k100")
+    rows = (repo / "reports/time_to_quality.csv").read_text().splitlines()
+    assert rows[0] == "epoch,train_seconds,val_nll" and len(rows) == 2
+    assert float(rows[1].split(",")[2]) == pytest.approx(probe.value, rel=1e-6)
+    assert 0 < float(rows[1].split(",")[1]) < 600
     assert run.data.tags["data_digest"]
     assert run.inputs.dataset_inputs, "the training data is logged as a run input"
 
@@ -137,6 +143,7 @@ def test_mlflow_run_and_registry(pipeline_run) -> None:
 def test_figures_are_pngs(pipeline_run) -> None:
     repo, _, _ = pipeline_run
     names = ["reconstructions", "samples", "hierarchy", "loss_curves", "layer_kl"]
+    names.append("time_to_quality")
     for name in names:
         data = (repo / "reports/figures" / f"{name}.png").read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 2_000, name

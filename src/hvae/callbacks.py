@@ -11,7 +11,7 @@ import pandas as pd
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from hvae import atomic
+from hvae import atomic, evaluation
 
 
 def _learning_rate(model: keras.Model) -> float:
@@ -97,3 +97,34 @@ class Checkpoint(keras.callbacks.Callback):
         if value is not None and math.isfinite(value) and value > self.best_value:
             self.best_value, self.best_epoch = float(value), epoch + 1
             self._save(self.best)
+
+
+class NllProbe(keras.callbacks.Callback):
+    """Time to quality: every `every` epochs, the importance-weighted NLL (k samples) of a
+    fixed validation subset against the training wall-clock so far (the probe's own time
+    excluded). Written to a CSV for `dvc plots` and to MLflow as `val/nll_k{k}`.
+    """
+
+    def __init__(self, run_id: str, csv_path: Path, images, every: int, k: int, chunk: int):
+        super().__init__()
+        self.client = MlflowClient()
+        self.run_id, self.csv_path = run_id, Path(csv_path)
+        self.images, self.every, self.k, self.chunk = images, every, k, chunk
+        self.rows: list[dict[str, float]] = []
+        self.train_seconds = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._started = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.train_seconds += time.perf_counter() - self._started
+        if (epoch + 1) % self.every and epoch + 1 != self.params["epochs"]:
+            return
+        log_px = evaluation.iw_log_likelihood(self.model, self.images, self.k, 100, self.chunk)
+        nll = float(-log_px.mean())
+        self.rows.append(
+            {"epoch": epoch + 1, "train_seconds": round(self.train_seconds, 1), "val_nll": nll}
+        )
+        atomic.write_text(self.csv_path, pd.DataFrame(self.rows).to_csv(index=False))
+        metric = Metric(f"val/nll_k{self.k}", nll, int(time.time() * 1000), epoch + 1)
+        self.client.log_batch(self.run_id, metrics=[metric])

@@ -60,6 +60,10 @@ class TrainParams(_Section):
     ema_decay: float = Field(0.0, ge=0.0, lt=1.0)
     steps_per_execution: int = Field(10, ge=1)
     log_every_steps: int = Field(50, ge=1)
+    # Time to quality: IW NLL of a fixed validation subset every N epochs (0 = off).
+    probe_every_epochs: int = Field(10, ge=0)
+    probe_images: int = Field(1000, ge=1)
+    probe_iw_samples: int = Field(100, ge=1)
     strategy: Literal["auto", "mirrored", "one_device"] = "auto"
 
     @model_validator(mode="after")
@@ -108,6 +112,11 @@ class Params(_Section):
             raise ValueError(
                 f"train.batch_size: must be <= the {train_size} training images left after "
                 f"prepare.validation_size={self.prepare.validation_size}"
+            )
+        if self.train.probe_images > self.prepare.validation_size:
+            raise ValueError(
+                f"train.probe_images: must be <= prepare.validation_size="
+                f"{self.prepare.validation_size} (got {self.train.probe_images})"
             )
         return self
 

@@ -76,6 +76,19 @@ def layer_kl(history: pd.DataFrame, test_kl: dict[str, float]) -> Figure:
     return fig
 
 
+def time_to_quality(probes: pd.DataFrame, k: int, images: int) -> Figure:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ax.plot(probes["train_seconds"] / 60, probes["val_nll"], "o-", markersize=3)
+    ax.set(
+        xlabel="training wall-clock minutes (probes excluded)",
+        ylabel=f"validation NLL, k={k}, {images} images (nats)",
+        title="time to quality",
+    )
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def save(fig: Figure, path) -> None:
     fig.savefig(path, dpi=100)
     plt.close(fig)

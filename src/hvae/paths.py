@@ -12,6 +12,7 @@ CHECKPOINTS = MODELS / "checkpoints"
 REPORTS = Path("reports")
 RUN_RECORD = REPORTS / "mlflow_run.json"
 HISTORY = REPORTS / "train_history.csv"
+TIME_TO_QUALITY = REPORTS / "time_to_quality.csv"
 METRICS = REPORTS / "metrics.json"
 FIGURES = REPORTS / "figures"
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import keras
 import numpy as np
+import tensorflow as tf
 
 from hvae.config import Params
 from hvae.model import HierarchicalVAE
@@ -38,8 +39,11 @@ def compiled_model(
         ema_momentum=t.ema_decay or 0.99,
     )
     # Several steps per compiled call: fewer Python round-trips, which on a small MLP are a
-    # large share of the step time.
-    model.compile(optimizer=optimizer, steps_per_execution=t.steps_per_execution)
+    # large share of the step time. Not with several replicas: there the skip-or-apply branch
+    # must run in cross-replica context, which TF cannot nest in keras' multi-step loop.
+    replicas = tf.distribute.get_strategy().num_replicas_in_sync
+    steps = t.steps_per_execution if replicas == 1 else 1
+    model.compile(optimizer=optimizer, steps_per_execution=steps)
     model(keras.ops.zeros((1, model.pixels)))
     # The update is applied inside tf.cond (see HierarchicalVAE._apply_or_skip), where no
     # variable may be created: the optimizer's slots must exist before the first step.

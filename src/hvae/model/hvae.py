@@ -297,20 +297,38 @@ class HierarchicalVAE(keras.Model):
         ok = tf.math.is_finite(norm)
         if self.skip_grad_norm is not None:
             ok = tf.logical_and(ok, norm < self.skip_grad_norm)
-        # Every replica must take the same branch, so any replica's veto counts for all.
         context = tf.distribute.get_replica_context()
-        if context is not None and context.num_replicas_in_sync > 1:
-            ok = context.all_reduce("min", tf.cast(ok, tf.float32)) > 0.5
-
-        def apply() -> tf.Tensor:
-            self.optimizer.apply_gradients(zip(grads, self.trainable_weights, strict=True))
-            return tf.constant(0.0)
-
-        skipped = tf.cond(ok, apply, lambda: tf.constant(1.0))
-        self.trackers["skip_rate"].update_state(skipped)
+        if tf.distribute.has_strategy() and context.num_replicas_in_sync > 1:
+            # Every replica must take the same branch, so any replica's veto counts for all.
+            ok = context.all_reduce("sum", 1.0 - tf.cast(ok, tf.float32)) < 0.5
+        self._conditional_apply(ok, grads)
+        self.trackers["skip_rate"].update_state(1.0 - tf.cast(ok, tf.float32))
         self.trackers["grad_norm"].update_state(
             tf.where(tf.math.is_finite(norm), norm, 0.0), sample_weight=tf.cast(ok, norm.dtype)
         )
+
+    def _conditional_apply(self, ok: tf.Tensor, grads: list[tf.Tensor]) -> None:
+        def apply(grads: list[tf.Tensor]) -> None:
+            self.optimizer.apply_gradients(zip(grads, self.trainable_weights, strict=True))
+
+        if not tf.distribute.has_strategy() or (
+            tf.__internal__.distribute.strategy_supports_no_merge_call()
+        ):
+            tf.cond(ok, lambda: apply(grads), lambda: None)
+            return
+
+        # apply_gradients all-reduces through merge_call, which may not sit inside a cond in
+        # replica context; so branch in cross-replica context (as keras' LossScaleOptimizer).
+        def cross_replica(distribution: tf.distribute.Strategy, grads, ok) -> None:
+            decided = distribution.experimental_local_results(ok)[0]
+            tf.cond(
+                decided,
+                lambda: distribution.extended.call_for_each_replica(apply, args=(grads,)),
+                lambda: None,
+            )
+
+        context = tf.distribute.get_replica_context()
+        context.merge_call(cross_replica, args=(grads, ok))
 
     def test_step(self, data: tf.Tensor) -> dict:
         # Validation data arrive binarized once (fixed seed); the bound is the true ELBO.

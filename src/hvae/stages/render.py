@@ -51,6 +51,12 @@ def run(params: Params, root: Path) -> None:
         "loss_curves.png": figures.loss_curves(history),
         "layer_kl.png": figures.layer_kl(history, test_kl),
     }
+    probes = pd.read_csv(paths.TIME_TO_QUALITY)
+    if len(probes):
+        t = params.train
+        pictures["time_to_quality.png"] = figures.time_to_quality(
+            probes, t.probe_iw_samples, t.probe_images
+        )
     with atomic.atomic_dir(paths.FIGURES) as out:
         for name, fig in pictures.items():
             figures.save(fig, out / name)

@@ -10,8 +10,8 @@ from pathlib import Path
 import keras
 import mlflow
 
-from hvae import artifacts, paths, tracking
-from hvae.callbacks import Checkpoint, EpochRecorder
+from hvae import artifacts, atomic, paths, tracking
+from hvae.callbacks import Checkpoint, EpochRecorder, NllProbe
 from hvae.config import Params, flatten
 from hvae.data import pipeline, prepared
 from hvae.distribute import choose_strategy
@@ -68,16 +68,31 @@ def run(params: Params, root: Path) -> None:
 
         checkpoint = Checkpoint(last=paths.CHECKPOINTS / "last.weights.h5", best=best)
         recorder = EpochRecorder(run.info.run_id, paths.HISTORY, t.log_every_steps)
+        callbacks = [*training_callbacks(params), recorder, checkpoint]
+        if t.probe_every_epochs:
+            probe_set = valid.flat()[: t.probe_images].astype("float32")
+            callbacks.append(
+                NllProbe(
+                    run.info.run_id,
+                    paths.TIME_TO_QUALITY,
+                    probe_set,
+                    t.probe_every_epochs,
+                    t.probe_iw_samples,
+                    chunk=min(t.probe_iw_samples, 100),
+                )
+            )
         model.fit(
             train_ds,
             validation_data=valid_ds,
             epochs=t.epochs,
-            callbacks=[*training_callbacks(params), recorder, checkpoint],
+            callbacks=callbacks,
             shuffle=False,  # tf.data reshuffles every epoch itself
             # A progress bar for a person at a terminal, one line per epoch for logs and CI.
             verbose=1 if sys.stdout.isatty() else 2,
         )
         artifacts.save_config(model, paths.MODELS)
+        if not t.probe_every_epochs:  # the stage's declared out exists either way
+            atomic.write_text(paths.TIME_TO_QUALITY, "epoch,train_seconds,val_nll\n")
         seconds = time.perf_counter() - started
         mlflow.log_metrics(
             {
@@ -87,6 +102,7 @@ def run(params: Params, root: Path) -> None:
             }
         )
         mlflow.log_artifact(str(paths.HISTORY))
+        mlflow.log_artifact(str(paths.TIME_TO_QUALITY))
     print(
         f"train: best validation ELBO {checkpoint.best_value:.2f} nats at epoch "
         f"{checkpoint.best_epoch}/{t.epochs}; {seconds:.0f} s; run {run.info.run_id}"
