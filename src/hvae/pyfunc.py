@@ -22,6 +22,10 @@ class HVAEScorer:
         from hvae.artifacts import load_model
 
         self.model = load_model(model_dir)
+        # Scores are Monte Carlo estimates. Restarting the sampler at every call makes them
+        # a function of the input alone: the same rows give the same numbers in-process,
+        # behind `mlflow models serve`, today and after a restart.
+        self._noise_start = self.model.noise.state.numpy()
 
     def predict(self, model_input, params: dict | None = None) -> pd.DataFrame:
         import tensorflow as tf
@@ -33,6 +37,7 @@ class HVAEScorer:
         if pixels.ndim != 2 or pixels.shape[1] != PIXELS:
             raise ValueError(f"expected {PIXELS} pixel columns, got shape {pixels.shape}")
         k = int((params or {}).get("iw_samples", DEFAULT_IW_SAMPLES))
+        self.model.noise.state.assign(self._noise_start)
         # Grey levels 0-255 are thresholded at half intensity: a deterministic binarization.
         x = tf.constant((pixels > 127.5).astype(np.float32))
         recon, kls = self.model.elbo_terms(x)
