@@ -91,6 +91,15 @@ class RenderParams(_Section):
     hierarchy_rows: int = Field(8, ge=1, le=32)
 
 
+class PromoteParams(_Section):
+    alias: str = Field("champion", min_length=1)
+    # A version tag written by evaluate, e.g. test_nll or test_elbo.
+    metric: str = Field("test_nll", min_length=1)
+    mode: Literal["min", "max"] = "min"
+    # The candidate must beat the holder by at least this much (in the metric's units).
+    margin: float = Field(0.0, ge=0.0)
+
+
 class MlflowParams(_Section):
     experiment: str = Field("hvae-mnist", min_length=1)
     registered_model: str = Field("hvae-mnist", min_length=1)
@@ -104,6 +113,7 @@ class Params(_Section):
     evaluate: EvaluateParams = EvaluateParams()
     render: RenderParams = RenderParams()
     mlflow: MlflowParams = MlflowParams()
+    promote: PromoteParams = PromoteParams()
 
     @model_validator(mode="after")
     def _split_fits(self) -> Params:

@@ -15,3 +15,7 @@ class DataError(HVAEError):
 
 class TrackingError(HVAEError):
     """The MLflow store or the run record is unusable."""
+
+
+class RegistryError(HVAEError):
+    """A registered model, version, alias or version metric is missing, or a gate failed."""

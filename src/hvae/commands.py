@@ -1,0 +1,78 @@
+"""The commands around the pipeline: list versions, promote, roll back, open the UI.
+
+Each takes the parsed CLI arguments, the params and the project root; none imports TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from hvae import promotion, tracking
+from hvae.config import Params
+from hvae.errors import RegistryError
+
+
+def _client(root: Path) -> MlflowClient:
+    uri = tracking.configure(root)
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def models(args: argparse.Namespace, params: Params, root: Path) -> None:
+    table = promotion.versions_table(_client(root), params.mlflow.registered_model)
+    print(f"{params.mlflow.registered_model} ({tracking.tracking_uri(root)})")
+    print(table.to_string(index=False) if len(table) else "(no versions)")
+
+
+def promote(args: argparse.Namespace, params: Params, root: Path) -> None:
+    p = params.promote
+    decision = promotion.decide(
+        _client(root),
+        params.mlflow.registered_model,
+        alias=args.alias or p.alias,
+        version=args.version,
+        metric=args.metric or p.metric,
+        mode=args.mode or p.mode,
+        margin=p.margin if args.margin is None else args.margin,
+        force=args.force,
+    )
+    if args.dry_run:
+        action = "would move" if decision.acts else "would refuse"
+        print(f"promote (dry run): {decision.describe()}; {action} '{decision.alias}'")
+        if not decision.acts:
+            raise RegistryError(f"{decision.describe()} (dry run, nothing changed)")
+        return
+    if not decision.acts:
+        raise RegistryError(f"{decision.describe()}; '{decision.alias}' unchanged")
+    promotion.promote(_client(root), decision)
+    print(f"promote: {decision.describe()}; '{decision.alias}' -> version {decision.candidate}")
+
+
+def rollback(args: argparse.Namespace, params: Params, root: Path) -> None:
+    alias = args.alias or params.promote.alias
+    old, new = promotion.rollback(_client(root), params.mlflow.registered_model, alias)
+    print(f"rollback: '{alias}' moved from version {old} back to version {new}")
+
+
+def ui(args: argparse.Namespace, params: Params, root: Path) -> int:
+    uri = tracking.tracking_uri(root)
+    if uri.startswith(("http://", "https://", "databricks")):
+        print(f"ui: the project's store is a server; open {uri}")
+        return 0
+    command = [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", uri,
+        # Runs keep their own absolute artifact locations (<root>/mlartifacts); this is only
+        # the default for experiments created through the UI.
+        "--default-artifact-root", (root / "mlartifacts").as_uri(),
+        "--host", args.host,
+        "--port", str(args.port),
+        "--workers", "1",
+    ]  # fmt: skip
+    print(f"ui: MLflow UI at http://{args.host}:{args.port} (store {uri}); Ctrl-C stops it")
+    sys.stdout.flush()
+    return subprocess.call(command)
