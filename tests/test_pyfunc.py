@@ -50,3 +50,18 @@ def test_same_rows_same_numbers(scorer: HVAEScorer) -> None:
 def test_wrong_number_of_columns(scorer: HVAEScorer) -> None:
     with pytest.raises(ValueError, match="expected 784 pixel columns"):
         scorer.predict(np.zeros((2, 100)))
+
+
+def test_non_finite_pixels(scorer: HVAEScorer) -> None:
+    frame = _frame(3)
+    frame.iloc[2, 10] = np.nan
+    with pytest.raises(ValueError, match="row 2 has NaN or inf"):
+        scorer.predict(frame)
+
+
+@pytest.mark.parametrize("bad", [-1.0, 255.5, 1e6])
+def test_pixels_outside_0_255(scorer: HVAEScorer, bad: float) -> None:
+    frame = _frame(2)
+    frame.iloc[1, 5] = bad
+    with pytest.raises(ValueError, match=r"grey levels in \[0, 255\]"):
+        scorer.predict(frame)

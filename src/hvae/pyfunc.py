@@ -36,6 +36,14 @@ class HVAEScorer:
         )
         if pixels.ndim != 2 or pixels.shape[1] != PIXELS:
             raise ValueError(f"expected {PIXELS} pixel columns, got shape {pixels.shape}")
+        if not np.isfinite(pixels).all():
+            row = int(np.argwhere(~np.isfinite(pixels))[0][0])
+            raise ValueError(f"pixels must be finite grey levels 0-255; row {row} has NaN or inf")
+        if pixels.size and (pixels.min() < 0 or pixels.max() > 255):
+            raise ValueError(
+                f"pixels must be grey levels in [0, 255]; got values from {pixels.min():g} "
+                f"to {pixels.max():g}"
+            )
         k = int((params or {}).get("iw_samples", DEFAULT_IW_SAMPLES))
         self.model.noise.state.assign(self._noise_start)
         # Grey levels 0-255 are thresholded at half intensity: a deterministic binarization.
