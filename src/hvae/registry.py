@@ -9,8 +9,10 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pandas as pd
-from mlflow.models import infer_signature
+from mlflow.models import ModelSignature, infer_signature
 from mlflow.tracking import MlflowClient
+from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+from mlflow.types.schema import AnyType
 
 from hvae import artifacts
 
@@ -20,6 +22,17 @@ def _existing_version(client: MlflowClient, name: str, run_id: str):
         if version.run_id == run_id:
             return version
     return None
+
+
+def _signature(frame: pd.DataFrame, scores: pd.DataFrame) -> ModelSignature:
+    # 784 unnamed columns of any numeric type: a DataFrame with any column names or a plain
+    # array, uint8 as well as int64 or float grey levels. MLflow would refuse int64 for
+    # 'double' columns; the scorer itself checks count, finiteness and the 0-255 range.
+    return ModelSignature(
+        inputs=Schema([ColSpec(AnyType())] * frame.shape[1]),
+        outputs=infer_signature(frame, scores).outputs,
+        params=ParamSchema([ParamSpec("iw_samples", "long", 100)]),
+    )
 
 
 def register(
@@ -44,7 +57,7 @@ def register(
                 name="model",
                 loader_module="hvae.pyfunc",
                 data_path=str(data),
-                signature=infer_signature(frame, scores, params={"iw_samples": 100}),
+                signature=_signature(frame, scores),
                 input_example=frame,
                 pip_requirements=["tensorflow", "keras", "numpy", "pandas", "mlflow"],
             )
