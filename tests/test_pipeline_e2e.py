@@ -6,13 +6,18 @@ machines cannot reach the public mirrors; `.ci/run` sets it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import re
 import shutil
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -173,3 +178,181 @@ def test_train_change_reruns_train_onwards_never_prepare(pipeline_run) -> None:
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     runs = {v.run_id for v in client.search_model_versions("name = 'hvae-mnist'")}
     assert len(runs) == 2, "one registered version per training run, no duplicates"
+
+
+# -- the registry around the pipeline: runs after the second experiment above ---------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(url: str, process: subprocess.Popen, seconds: float = 180) -> None:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"server exited with {process.returncode}: {url}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.5)
+    raise AssertionError(f"server did not answer {url} within {seconds} s")
+
+
+def _stop(process: subprocess.Popen) -> None:
+    # The server runs in its own session; stop the whole group (mlflow forks workers).
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.loads(response.read())
+
+
+def _hvae(repo: Path, env: dict, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "hvae"), *args], cwd=repo, env=env, capture_output=True, text=True
+    )
+
+
+def _test_frame(repo: Path, n: int = 5):
+    import pandas as pd
+
+    from hvae.data.prepared import load_split
+
+    test = load_split(repo / "data/prepared", "mnist.npz", "test")
+    pixels = test.flat()[:n].astype("float64") * 255.0
+    return pd.DataFrame(pixels, columns=[f"p{i}" for i in range(784)])
+
+
+def test_promote_refuse_rollback_load_and_serve(pipeline_run, tmp_path: Path) -> None:
+    from mlflow.tracking import MlflowClient
+
+    repo, env, _ = pipeline_run
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    nll = {
+        str(v.version): float(v.tags["test_nll"])
+        for v in client.search_model_versions("name = 'hvae-mnist'")
+    }
+    better, worse = sorted(nll, key=nll.get)
+    assert nll[better] < nll[worse]
+
+    def champion() -> str:
+        return str(client.get_registered_model("hvae-mnist").aliases["champion"])
+
+    listing = _hvae(repo, env, "models")
+    assert listing.returncode == 0 and "test_nll" in listing.stdout
+
+    assert _hvae(repo, env, "promote", "--version", worse).returncode == 0  # alias was unset
+    promoted = _hvae(repo, env, "promote", "--version", better)
+    assert promoted.returncode == 0, promoted.stderr
+    assert champion() == better
+    refused = _hvae(repo, env, "promote", "--version", worse)
+    assert refused.returncode == 1
+    assert f"{nll[worse]:.4f}" in refused.stderr and f"{nll[better]:.4f}" in refused.stderr
+    assert champion() == better
+    back = _hvae(repo, env, "rollback")
+    assert back.returncode == 0 and champion() == worse
+    assert _hvae(repo, env, "promote").returncode == 0  # the newest, and better, version again
+    assert champion() == better
+    table = _hvae(repo, env, "models").stdout
+    assert any(line.split()[0] == better and "champion" in line for line in table.splitlines()[2:])
+
+    # Load @champion in a fresh process, outside the repo: only the installed package.
+    frame = _test_frame(repo)
+    frame.to_json(tmp_path / "input.json", orient="split", index=False)
+    script = (
+        "import json, sys, mlflow, pandas as pd\n"
+        "m = mlflow.pyfunc.load_model('models:/hvae-mnist@champion')\n"
+        "x = pd.read_json(sys.argv[1], orient='split')\n"
+        "print(json.dumps(m.predict(x).to_dict(orient='list')))\n"
+    )
+    load_env = {**env, "MLFLOW_TRACKING_URI": uri}
+    loaded = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "input.json")],
+        cwd=tmp_path, env=load_env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    in_process = json.loads(loaded.stdout.strip().splitlines()[-1])
+    assert len(in_process["elbo"]) == len(frame)
+    assert all(math.isfinite(v) and v < 0 for v in in_process["iw_log_likelihood"])
+
+    # Serve the same alias and ask over HTTP: the same numbers.
+    port = _free_port()
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "models", "serve", "-m", "models:/hvae-mnist@champion",
+         "--env-manager", "local", "-h", "127.0.0.1", "-p", str(port)],
+        cwd=tmp_path, env=load_env, start_new_session=True,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        _wait_for(f"http://127.0.0.1:{port}/ping", server)
+        body = json.dumps({"dataframe_split": frame.to_dict(orient="split", index=False)})
+        request = urllib.request.Request(
+            f"http://127.0.0.1:{port}/invocations",
+            data=body.encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=120) as response:
+            served = json.loads(response.read())["predictions"]
+    finally:
+        _stop(server)
+    for key in ("elbo", "iw_log_likelihood"):
+        assert [row[key] for row in served] == pytest.approx(in_process[key], rel=1e-6)
+
+
+def test_ui_shows_runs_figures_and_registry(pipeline_run) -> None:
+    """Runs after the promotion test: the alias is set."""
+    repo, env, _ = pipeline_run
+    port = _free_port()
+    ui = subprocess.Popen(
+        [str(BIN / "hvae"), "ui", "--port", str(port)],
+        cwd=repo, env=env, start_new_session=True, stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    base = f"http://127.0.0.1:{port}"
+    try:
+        assert ui.stdout.readline().startswith(f"ui: MLflow UI at {base}")
+        _wait_for(f"{base}/health", ui)
+        api = f"{base}/api/2.0/mlflow"
+        experiment = _get(f"{api}/experiments/get-by-name?experiment_name=hvae-mnist")
+        experiment_id = experiment["experiment"]["experiment_id"]
+        request = urllib.request.Request(
+            f"{api}/runs/search",
+            data=json.dumps({"experiment_ids": [experiment_id]}).encode(),
+            headers={"Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            runs = json.loads(response.read())["runs"]
+        assert len(runs) == 2
+        run = runs[0]
+        run_id = run["info"]["run_id"]
+        keys = {m["key"] for m in run["data"]["metrics"]}
+        assert {"train/elbo", "val/elbo", "val/recon", "val/kl_z1", "val/kl_z3", "test/nll"} <= keys
+        assert {p["key"] for p in run["data"]["params"]} >= {"train.epochs", "model.latent_dims"}
+        history = _get(f"{api}/metrics/get-history?run_id={run_id}&metric_key=val/elbo")
+        assert len(history["metrics"]) >= 1
+        listed = _get(f"{api}/artifacts/list?run_id={run_id}&path=figures")
+        assert "figures/hierarchy.png" in {f["path"] for f in listed["files"]}
+        with urllib.request.urlopen(
+            f"{base}/get-artifact?path=figures/hierarchy.png&run_uuid={run_id}", timeout=10
+        ) as response:
+            assert response.read(8) == b"\x89PNG\r\n\x1a\n"
+        model = _get(f"{api}/registered-models/get?name=hvae-mnist")["registered_model"]
+        assert {a["alias"] for a in model["aliases"]} == {"champion"}
+        version = _get(f"{api}/registered-models/alias?name=hvae-mnist&alias=champion")
+        tags = {t["key"]: t["value"] for t in version["model_version"]["tags"]}
+        assert {"test_nll", "git_commit", "promotion.champion.time"} <= set(tags)
+    finally:
+        _stop(ui)

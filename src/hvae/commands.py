@@ -6,6 +6,7 @@ Each takes the parsed CLI arguments, the params and the project root; none impor
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -75,4 +76,7 @@ def ui(args: argparse.Namespace, params: Params, root: Path) -> int:
     ]  # fmt: skip
     print(f"ui: MLflow UI at http://{args.host}:{args.port} (store {uri}); Ctrl-C stops it")
     sys.stdout.flush()
-    return subprocess.call(command)
+    # mlflow starts its web server (uvicorn) by name: make this environment's scripts findable.
+    scripts = str(Path(sys.executable).parent)
+    env = {**os.environ, "PATH": os.pathsep.join([scripts, os.environ.get("PATH", "")])}
+    return subprocess.call(command, env=env)
