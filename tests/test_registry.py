@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import keras
 import mlflow
 import numpy as np
@@ -67,3 +69,11 @@ def test_any_numeric_pixels_in_any_container(registered) -> None:
         pd.testing.assert_frame_equal(results[0], other)
     with pytest.raises(Exception, match=r"784|missing"):
         loaded.predict(pixels[:, :700])
+
+
+def test_the_artifact_holds_no_pickle(registered) -> None:
+    local = Path(mlflow.artifacts.download_artifacts("models:/m/1"))
+    files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
+    assert not [f for f in files if f.endswith((".pkl", ".pickle", ".cloudpickle"))], files
+    assert {"data/hvae/model.weights.h5", "data/hvae/model.json", "MLmodel"} <= files
+    assert "loader_module: hvae.pyfunc" in (local / "MLmodel").read_text()
