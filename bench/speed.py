@@ -84,6 +84,8 @@ def main() -> None:
     ours_eps, seed_eps, peak_flops = (float(np.median(v)) for v in (ours, seed, peak))
     print(f"threads: {tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()}")
     print(f"rounds: {args.rounds}, {args.steps} steps each; medians below")
+    for i, (o, e, f) in enumerate(zip(ours, seed, peak, strict=True), start=1):
+        print(f"  round {i}: project {o:.0f} ex/s, seed {e:.0f} ex/s, matmul {f / 1e9:.0f} GFLOP/s")
     print(f"train throughput, project (compiled, batch {batch}): {ours_eps:10.0f} examples/s")
     print(f"train throughput, seed loop (eager, batch 64):     {seed_eps:10.0f} examples/s")
     print(f"ratio project / seed: {ours_eps / seed_eps:.1f}x")
