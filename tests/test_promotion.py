@@ -152,3 +152,18 @@ def test_models_table(store, capsys) -> None:
     assert set(rows) == {"1", "2", "3", "4"}
     assert "83.0" in rows["2"] and "champion" in rows["2"]
     assert "champion" not in rows["1"] and "abc123" in rows["4"]
+
+
+def test_force_over_a_holder_without_the_metric(store, capsys) -> None:
+    # Version 4 has no test_nll, so it cannot be promoted even with --force...
+    code, _, err = _cli(capsys, "promote", "--version", "4", "--force")
+    assert code == 1 and "'test_nll'" in err and _champion(store) is None
+    # ...but an alias set by other means may point at it: replacing it then needs --force.
+    store.set_registered_model_alias(NAME, "champion", "4")
+    code, _, err = _cli(capsys, "promote", "--version", "2")
+    assert code == 1 and "version 4" in err and "'test_nll'" in err
+    assert _champion(store) == "4"
+    code, out, _ = _cli(capsys, "promote", "--version", "2", "--force")
+    assert code == 0 and "version 4 (test_nll none)" in out and "forced" in out
+    assert _champion(store) == "2"
+    assert store.get_model_version(NAME, "2").tags["promotion.champion.previous_value"] == ""

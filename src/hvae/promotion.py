@@ -42,7 +42,8 @@ class Decision:
         new = f"version {self.candidate} ({self.metric} {self.candidate_value:.4f})"
         if self.holder is None:
             return f"{new}: '{self.alias}' is unset, so the first version passes"
-        old = f"version {self.holder} ({self.metric} {self.holder_value:.4f})"
+        held = "none" if self.holder_value is None else f"{self.holder_value:.4f}"
+        old = f"version {self.holder} ({self.metric} {held})"
         better = "lower" if self.mode == "min" else "higher"
         verdict = "passes" if self.passed else "fails"
         gate = f"the gate ({better} by at least {self.margin:g}) {verdict}"
