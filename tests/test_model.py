@@ -231,3 +231,20 @@ def test_evaluate_reports_the_true_elbo(trained: SimpleNamespace) -> None:
     # Only the bound: no beta, gradient norm or skip rate for data that trains nothing.
     assert set(result) == {"loss", "elbo", "recon", "kl", "kl_z1", "kl_z2"}
     assert result["loss"] == pytest.approx(-result["elbo"], rel=1e-5)
+
+
+def test_updates_are_clipped_to_grad_clip_norm() -> None:
+    images = np.random.default_rng(7).random((8, 784)).astype("float32")
+
+    def step_size(clip: float | None) -> float:
+        keras.utils.set_random_seed(3)
+        model = build_model({**TINY, "grad_clip_norm": clip})
+        model.compile(optimizer=keras.optimizers.SGD(1.0))
+        before = [w.numpy().copy() for w in model.trainable_weights]
+        model.fit(images, batch_size=8, epochs=1, verbose=0)
+        moved = [a.numpy() - b for b, a in zip(before, model.trainable_weights, strict=True)]
+        return float(np.sqrt(sum(np.sum(d**2) for d in moved)))
+
+    free = step_size(None)
+    assert free > 0.5  # with SGD(1.0) the step is the gradient: well above the clip below
+    assert step_size(0.5) == pytest.approx(0.5, rel=1e-4)

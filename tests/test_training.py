@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from hvae.config import parse_params
+from hvae.optimizer import FusedAdam
 from hvae.training import compiled_model, training_callbacks
 
 TINY_MODEL = {"latent_dims": [4, 3], "hidden_dim": 16}
@@ -34,7 +35,9 @@ def test_params_reach_the_model_and_optimizer() -> None:
     assert model.free_bits == 0.25
     assert model.skip_grad_norm == 500.0
     assert model.kl_warmup_steps == 21
-    assert model.optimizer.global_clipnorm == params.train.grad_clip_norm
+    assert model.grad_clip_norm == params.train.grad_clip_norm
+    assert model.optimizer.global_clipnorm is None  # the model clips, reusing its norm
+    assert isinstance(model.optimizer, FusedAdam)
     assert model.steps_per_execution == params.train.steps_per_execution
     assert not model.optimizer.use_ema
     assert training_callbacks(params) == []

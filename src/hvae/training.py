@@ -11,6 +11,7 @@ import tensorflow as tf
 
 from hvae.config import Params
 from hvae.model import HierarchicalVAE
+from hvae.optimizer import FusedAdam
 
 
 def compiled_model(
@@ -25,6 +26,7 @@ def compiled_model(
         min_sigma=m.min_sigma,
         kl_warmup_steps=t.kl_warmup_epochs * steps_per_epoch,
         free_bits=t.free_bits,
+        grad_clip_norm=t.grad_clip_norm,
         skip_grad_norm=t.skip_grad_norm,
         output_bias=output_bias,
         seed=params.seed,
@@ -32,9 +34,8 @@ def compiled_model(
     schedule = keras.optimizers.schedules.CosineDecay(
         t.learning_rate, decay_steps=t.epochs * steps_per_epoch, alpha=t.lr_min_ratio
     )
-    optimizer = keras.optimizers.Adam(
+    optimizer = FusedAdam(
         schedule,
-        global_clipnorm=t.grad_clip_norm,
         use_ema=t.ema_decay > 0,
         ema_momentum=t.ema_decay or 0.99,
     )

@@ -73,6 +73,7 @@ class HierarchicalVAE(keras.Model):
         pixels: int = 784,
         kl_warmup_steps: int = 0,
         free_bits: float = 0.0,
+        grad_clip_norm: float | None = None,
         skip_grad_norm: float | None = None,
         output_bias: Sequence[float] | None = None,
         seed: int = 0,
@@ -86,6 +87,7 @@ class HierarchicalVAE(keras.Model):
         self.pixels = pixels
         self.kl_warmup_steps = kl_warmup_steps
         self.free_bits = free_bits
+        self.grad_clip_norm = grad_clip_norm
         self.skip_grad_norm = skip_grad_norm
         self.seed = seed
         n = len(self.latent_dims)
@@ -143,6 +145,7 @@ class HierarchicalVAE(keras.Model):
             "pixels": self.pixels,
             "kl_warmup_steps": self.kl_warmup_steps,
             "free_bits": self.free_bits,
+            "grad_clip_norm": self.grad_clip_norm,
             "skip_grad_norm": self.skip_grad_norm,
             "seed": self.seed,
         }
@@ -291,9 +294,13 @@ class HierarchicalVAE(keras.Model):
         One bad batch (a near-zero sigma, an outlier image) can otherwise wreck Adam's moments
         for thousands of steps; skipping it and counting the skips (VDVAE does the same) keeps
         the run alive and makes the problem visible as `skip_rate` in MLflow.
-        Clipping to grad_clip_norm happens inside the optimizer for the updates that pass.
+        Updates that pass are clipped to grad_clip_norm here, reusing the norm, rather than by
+        the optimizer's global_clipnorm, which would compute it again (as keras does, per
+        replica, before the all-reduce).
         """
         norm = tf.linalg.global_norm(grads)
+        if self.grad_clip_norm is not None:
+            grads, _ = tf.clip_by_global_norm(grads, self.grad_clip_norm, use_norm=norm)
         ok = tf.math.is_finite(norm)
         if self.skip_grad_norm is not None:
             ok = tf.logical_and(ok, norm < self.skip_grad_norm)
