@@ -167,3 +167,62 @@ def test_force_over_a_holder_without_the_metric(store, capsys) -> None:
     assert code == 0 and "version 4 (test_nll none)" in out and "forced" in out
     assert _champion(store) == "2"
     assert store.get_model_version(NAME, "2").tags["promotion.champion.previous_value"] == ""
+
+
+def test_concurrent_promotions_leave_one_consistent_alias(tmp_path: Path) -> None:
+    """Five `hvae promote` processes released at once: the gate decisions form one chain."""
+    import subprocess
+    import sys
+    import time
+
+    from hvae import locks
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    (tmp_path / "params.yaml").write_text("# defaults\n")
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "a").as_uri())
+    client.create_registered_model(NAME)
+    nlls = {"1": 90.0, "2": 86.0, "3": 88.0, "4": 84.0, "5": 87.0}
+    for nll in nlls.values():
+        run = client.create_run(experiment)
+        client.create_model_version(
+            NAME, (tmp_path / "m").as_uri(), run.info.run_id, tags={"test_nll": str(nll)}
+        )
+    hvae = Path(sys.executable).parent / "hvae"
+    env = {**__import__("os").environ, "MLFLOW_TRACKING_URI": uri}
+    logs = {v: tmp_path / f"promote-{v}.err" for v in nlls}
+    # Hold the lock while all five start, so they contend for it together once released.
+    with locks.exclusive(tmp_path / locks.REGISTRY_LOCK, "test"):
+        procs = {
+            v: subprocess.Popen(
+                [str(hvae), "promote", "--version", v],
+                cwd=tmp_path,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=logs[v].open("w"),
+                text=True,
+            )
+            for v in nlls
+        }
+        deadline = time.monotonic() + 60
+        while not all("waiting for" in p.read_text() for p in logs.values()):
+            assert time.monotonic() < deadline, "the promotions did not wait for the lock"
+            time.sleep(0.1)
+        assert _champion(client) is None  # nobody got past the held lock
+    codes = {v: p.wait(timeout=120) for v, p in procs.items()}
+
+    assert _champion(client) == "4"  # the best version, whatever the order
+    assert set(codes.values()) <= {0, 1}
+    for v, code in codes.items():
+        if code == 1:
+            assert "fails" in logs[v].read_text()
+    # Every successful promotion compared against the holder of its moment: following
+    # previous_version from the champion visits each winner once, each better than the last.
+    chain, version = [], "4"
+    while version:
+        chain.append(version)
+        version = client.get_model_version(NAME, version).tags[
+            "promotion.champion.previous_version"
+        ]
+    assert sorted(chain) == sorted(v for v, c in codes.items() if c == 0)
+    assert [nlls[v] for v in chain] == sorted(nlls[v] for v in chain)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mlflow.tracking import MlflowClient
 
-from hvae import promotion, tracking
+from hvae import locks, promotion, tracking
 from hvae.config import Params
 from hvae.errors import RegistryError
 
@@ -29,7 +29,22 @@ def models(args: argparse.Namespace, params: Params, root: Path) -> None:
     print(table.to_string(index=False) if len(table) else "(no versions)")
 
 
+def _registry_lock(root: Path, command: str):
+    """Serialise read-decide-move commands: two promotions at once must not both compare
+    against the same holder. This covers commands on one machine; MLflow offers no
+    compare-and-set on aliases, so hosts sharing a server are not serialised (README)."""
+    return locks.exclusive(root / locks.REGISTRY_LOCK, f"hvae {command}")
+
+
 def promote(args: argparse.Namespace, params: Params, root: Path) -> None:
+    if args.dry_run:
+        _promote(args, params, root)
+        return
+    with _registry_lock(root, "promote"):
+        _promote(args, params, root)
+
+
+def _promote(args: argparse.Namespace, params: Params, root: Path) -> None:
     p = params.promote
     decision = promotion.decide(
         _client(root),
@@ -55,7 +70,8 @@ def promote(args: argparse.Namespace, params: Params, root: Path) -> None:
 
 def rollback(args: argparse.Namespace, params: Params, root: Path) -> None:
     alias = args.alias or params.promote.alias
-    old, new = promotion.rollback(_client(root), params.mlflow.registered_model, alias)
+    with _registry_lock(root, "rollback"):
+        old, new = promotion.rollback(_client(root), params.mlflow.registered_model, alias)
     print(f"rollback: '{alias}' moved from version {old} back to version {new}")
 
 
