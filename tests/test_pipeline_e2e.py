@@ -356,3 +356,62 @@ def test_ui_shows_runs_figures_and_registry(pipeline_run) -> None:
         assert {"test_nll", "git_commit", "promotion.champion.time"} <= set(tags)
     finally:
         _stop(ui)
+
+
+# -- faults: runs last, it re-runs the whole pipeline ------------------------------------
+
+
+def test_a_second_dvc_repro_fails_at_once_and_nothing_is_corrupted(pipeline_run) -> None:
+    repo, env, _ = pipeline_run
+    dvc = str(BIN / "dvc")
+    log = repo.parent / "first-repro.log"
+    with log.open("w") as out:
+        first = subprocess.Popen(
+            [dvc, "repro", "--force"], cwd=repo, env=env, stdout=out, stderr=subprocess.STDOUT
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while "Running stage" not in log.read_text():
+            assert first.poll() is None, log.read_text()
+            assert time.monotonic() < deadline, "the first dvc repro never started a stage"
+            time.sleep(0.2)
+        started = time.monotonic()
+        second = subprocess.run([dvc, "repro"], cwd=repo, env=env, capture_output=True, text=True)
+        waited = time.monotonic() - started
+        assert first.poll() is None, "the first run ended before the second was tried"
+    finally:
+        code = first.wait(timeout=600)
+    assert second.returncode != 0
+    assert "Unable to acquire lock" in second.stderr + second.stdout
+    assert waited < 30, f"the second dvc repro took {waited:.0f} s to give up"
+    assert code == 0, log.read_text()
+    assert json.loads(_run([dvc, "status", "--json"], repo, env).stdout) == {}
+    metrics = json.loads((repo / "reports" / "metrics.json").read_text())
+    assert metrics["test_nll"] > 0
+
+
+def test_unreachable_tracking_server_stops_train_before_it_trains(pipeline_run) -> None:
+    repo, env, _ = pipeline_run
+    tracked = ["dvc.lock", "reports/mlflow_run.json", "models/model.weights.h5"]
+    before = {name: (repo / name).read_bytes() for name in tracked}
+    uri = f"http://127.0.0.1:{_free_port()}"
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(BIN / "hvae"), "train"],
+        cwd=repo,
+        env={**env, "MLFLOW_TRACKING_URI": uri},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            f"hvae train: error: MLFLOW_TRACKING_URI={uri}: the tracking server does not answer"
+        )
+    )
+    assert "Epoch 1/" not in result.stdout
+    assert time.monotonic() - started < 60
+    assert {name: (repo / name).read_bytes() for name in tracked} == before

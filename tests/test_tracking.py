@@ -53,3 +53,49 @@ def test_run_record_round_trip_and_errors(tmp_path: Path, monkeypatch) -> None:
     assert json.loads(record.read_text())["run_id"] == "0123456789abcdef"
     with pytest.raises(TrackingError, match="not in"):
         tracking.read_run_record(record)
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_unreachable_server_fails_in_seconds(tmp_path: Path, monkeypatch) -> None:
+    import time
+
+    uri = f"http://127.0.0.1:{_closed_port()}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    started = time.monotonic()
+    with pytest.raises(TrackingError, match=f"MLFLOW_TRACKING_URI={uri}: .*does not answer"):
+        tracking.configure(tmp_path)
+    assert time.monotonic() - started < 5
+
+
+@pytest.mark.parametrize("status", [200, 401])
+def test_a_server_that_answers_is_reachable(status: int) -> None:
+    import http.server
+    import threading
+
+    class Health(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(status)
+            self.end_headers()
+            self.wfile.write(b"OK")
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Health)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        tracking.check_reachable(f"http://127.0.0.1:{server.server_port}")
+    finally:
+        server.shutdown()
+
+
+def test_local_stores_need_no_server() -> None:
+    tracking.check_reachable("sqlite:////nonexistent/mlflow.db")
+    tracking.check_reachable("file:///nonexistent/mlruns")

@@ -11,6 +11,9 @@ import json
 import os
 import platform
 import subprocess
+import urllib.error
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -44,9 +47,32 @@ def tracking_uri(root: Path) -> str:
     return os.environ.get(TRACKING_ENV) or f"sqlite:///{root / 'mlflow.db'}"
 
 
+def check_reachable(uri: str, timeout: float = 10.0) -> None:
+    """Fail in seconds when a tracking server does not answer.
+
+    MLflow's own client retries a dead server with back-off for minutes, and train would
+    only find out after building the model; a server's /health answers without auth.
+    """
+    scheme = urllib.parse.urlparse(uri).scheme
+    if scheme not in ("http", "https"):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as reply:
+            reply.read()
+    except urllib.error.HTTPError:
+        return  # it answered (an auth proxy may refuse /health): reachable
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        raise TrackingError(
+            f"{TRACKING_ENV}={uri}: the tracking server does not answer ({reason}); "
+            "start it or unset the variable to use the local store"
+        ) from None
+
+
 def configure(root: Path) -> str:
     """Point MLflow at the project's store and return the URI in use."""
     uri = tracking_uri(root)
+    check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri
