@@ -415,3 +415,31 @@ def test_unreachable_tracking_server_stops_train_before_it_trains(pipeline_run) 
     assert "Epoch 1/" not in result.stdout
     assert time.monotonic() - started < 60
     assert {name: (repo / name).read_bytes() for name in tracked} == before
+
+
+def test_corrupt_weights_stop_evaluate_with_nothing_written_or_registered(pipeline_run) -> None:
+    from mlflow.tracking import MlflowClient
+
+    repo, env, _ = pipeline_run
+    weights = repo / "models" / "model.weights.h5"
+    metrics = repo / "reports" / "metrics.json"
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    versions = len(client.search_model_versions("name = 'hvae-mnist'"))
+    original, before = weights.read_bytes(), metrics.read_bytes()
+    weights.chmod(0o644)  # DVC may link outs read-only from its cache
+    weights.write_bytes(original[: len(original) // 2])
+    try:
+        result = subprocess.run(
+            [str(BIN / "hvae"), "evaluate"], cwd=repo, env=env, capture_output=True, text=True
+        )
+    finally:
+        weights.write_bytes(original)
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("hvae evaluate: error: models/model.weights.h5: cannot load weights")
+    )
+    assert metrics.read_bytes() == before
+    assert len(client.search_model_versions("name = 'hvae-mnist'")) == versions
