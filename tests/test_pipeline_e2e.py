@@ -53,12 +53,29 @@ def _run(args: list[str], cwd: Path, env: dict[str, str]) -> subprocess.Complete
 
 @pytest.fixture(scope="module")
 def pipeline_run(tmp_path_factory: pytest.TempPathFactory):
-    repo = tmp_path_factory.mktemp("e2e") / "repo"
+    repo, env = _new_repo(tmp_path_factory.mktemp("e2e") / "repo")
+    args = [str(BIN / "dvc"), "exp", "run"]
+    for setting in TINY:
+        args += ["-S", setting]
+    result = _run(args, repo, env)
+    return repo, env, result.stdout + result.stderr
+
+
+def _new_repo(repo: Path, params: dict | None = None) -> tuple[Path, dict[str, str]]:
+    """A git repo holding the project's files, committed; `params` edits params.yaml."""
     repo.mkdir()
     for name in PROJECT_FILES:
         (repo / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, repo / name)
     shutil.copytree(ROOT / "src", repo / "src", ignore=shutil.ignore_patterns("__pycache__"))
+    if params:
+        import yaml
+
+        values = yaml.safe_load((repo / "params.yaml").read_text())
+        for key, value in params.items():
+            section, name = key.split(".")
+            values[section][name] = value
+        (repo / "params.yaml").write_text(yaml.safe_dump(values))
 
     env = {k: v for k, v in os.environ.items() if not k.startswith(("MLFLOW_", "DVC_"))}
     env.update(
@@ -73,11 +90,7 @@ def pipeline_run(tmp_path_factory: pytest.TempPathFactory):
     _run(["git", "init", "-q", "-b", "main"], repo, env)
     _run(["git", "add", "-A"], repo, env)
     _run(["git", "commit", "-qm", "baseline"], repo, env)
-    args = [str(BIN / "dvc"), "exp", "run"]
-    for setting in TINY:
-        args += ["-S", setting]
-    result = _run(args, repo, env)
-    return repo, env, result.stdout + result.stderr
+    return repo, env
 
 
 def test_every_stage_ran(pipeline_run) -> None:
@@ -443,3 +456,73 @@ def test_corrupt_weights_stop_evaluate_with_nothing_written_or_registered(pipeli
     )
     assert metrics.read_bytes() == before
     assert len(client.search_model_versions("name = 'hvae-mnist'")) == versions
+
+
+def test_sigkill_mid_epoch_then_dvc_repro_resumes_the_same_run(tmp_path: Path) -> None:
+    import signal
+
+    import numpy as np
+    from mlflow.tracking import MlflowClient
+
+    epochs = 8
+    tiny = {
+        "train.epochs": epochs,
+        "evaluate.iw_samples": 10,
+        "evaluate.chunk_size": 10,
+        "model.hidden_dim": 32,
+        "train.batch_size": 250,
+        "train.kl_warmup_epochs": 1,
+        "train.log_every_steps": 100,
+        "train.probe_every_epochs": 2,
+        "train.probe_iw_samples": 5,
+        "train.probe_images": 200,
+        "render.n_samples": 16,
+        "render.hierarchy_rows": 2,
+    }
+    repo, env = _new_repo(tmp_path / "repo", tiny)
+    dvc = str(BIN / "dvc")
+    log = tmp_path / "killed.log"
+    with log.open("w") as out:
+        first = subprocess.Popen(
+            [dvc, "repro"],
+            cwd=repo,
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group: dvc and the hvae train under it
+        )
+    deadline = time.monotonic() + 300
+    while "Epoch 4/" not in log.read_text():
+        assert first.poll() is None, log.read_text()
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.1)
+    time.sleep(0.5)  # into epoch 4: three epochs done and saved, the fourth half-run
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+
+    state_file = repo / "models" / "checkpoints" / "resume.npz"
+    with np.load(state_file) as saved:
+        done = json.loads(str(saved["meta"]))
+    assert 3 <= done["epoch"] < epochs
+    killed_run = done["run_id"]
+
+    again = _run([dvc, "repro"], repo, env).stdout
+    assert "Stage 'prepare' didn't change, skipping" in again
+    assert f"train: resuming from epoch {done['epoch']}/{epochs} of run {killed_run}" in again
+    assert f"Epoch {done['epoch'] + 1}/{epochs}" in again
+    assert f"Epoch {done['epoch']}/{epochs}" not in again
+    assert json.loads(_run([dvc, "status", "--json"], repo, env).stdout) == {}
+
+    # The same MLflow run carried on: every epoch once, finished, and it is the registered one.
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    assert json.loads((repo / "reports" / "mlflow_run.json").read_text())["run_id"] == killed_run
+    run = client.get_run(killed_run)
+    assert run.info.status == "FINISHED"
+    steps = {m.step for m in client.get_metric_history(killed_run, "val/elbo")}
+    assert steps == set(range(1, epochs + 1))
+    history = (repo / "reports" / "train_history.csv").read_text().splitlines()
+    assert [int(row.split(",")[0]) for row in history[1:]] == list(range(1, epochs + 1))
+    (version,) = client.search_model_versions("name = 'hvae-mnist'")
+    assert version.run_id == killed_run
+    assert len(client.search_runs(run.info.experiment_id)) == 1

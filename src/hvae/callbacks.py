@@ -12,6 +12,7 @@ from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
 from hvae import atomic, evaluation
+from hvae.errors import TrainingError
 
 
 def _learning_rate(model: keras.Model) -> float:
@@ -76,27 +77,51 @@ class EpochRecorder(keras.callbacks.Callback):
 
 
 class Checkpoint(keras.callbacks.Callback):
-    """Save the last weights every epoch and the best-on-validation weights, atomically."""
+    """Save the best-on-validation weights, atomically, and keep a copy for the resume state."""
 
-    def __init__(self, last: Path, best: Path, monitor: str = "val_elbo"):
+    def __init__(self, best: Path, monitor: str = "val_elbo"):
         super().__init__()
-        self.last, self.best, self.monitor = Path(last), Path(best), monitor
+        self.best, self.monitor = Path(best), monitor
         self.best_value = -math.inf
         self.best_epoch = 0
+        self.best_weights: list | None = None
 
-    def _save(self, path: Path) -> None:
+    def save_best(self, value: float, epoch: int) -> None:
+        """Record the model's current weights as the best, reached at `epoch` (1-based)."""
+        self.best_value, self.best_epoch = float(value), epoch
+        self.best_weights = self.model.get_weights()
+        self.best.parent.mkdir(parents=True, exist_ok=True)
         # Keras infers the format from the suffix, so the temporary file keeps it.
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.stem}.tmp.weights.h5")
+        tmp = self.best.with_name(f".{self.best.stem}.tmp.weights.h5")
         self.model.save_weights(tmp, overwrite=True)
-        tmp.replace(path)
+        tmp.replace(self.best)
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        self._save(self.last)
         value = (logs or {}).get(self.monitor)
         if value is not None and math.isfinite(value) and value > self.best_value:
-            self.best_value, self.best_epoch = float(value), epoch + 1
-            self._save(self.best)
+            self.save_best(value, epoch + 1)
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """A non-finite training loss ends the run with an error naming where it happened.
+
+    The train step already skips single non-finite *updates*; a NaN or inf loss means the
+    forward pass itself broke, which no skip repairs. Raising (rather than keras'
+    TerminateOnNaN, which ends fit() quietly) makes the stage fail, so DVC runs neither
+    evaluate nor the registration. With several steps per call the step named is the last
+    of the call in which it showed.
+    """
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._epoch = epoch + 1
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            raise TrainingError(
+                f"the training loss became {float(loss)} at epoch {self._epoch}, step "
+                f"{batch + 1}; stopped before saving a model (nothing is registered)"
+            )
 
 
 class NllProbe(keras.callbacks.Callback):

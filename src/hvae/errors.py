@@ -13,6 +13,10 @@ class DataError(HVAEError):
     """A dataset file is missing, corrupt or not what it claims to be."""
 
 
+class TrainingError(HVAEError):
+    """Training broke down (a non-finite loss)."""
+
+
 class TrackingError(HVAEError):
     """The MLflow store or the run record is unusable."""
 

@@ -1,4 +1,8 @@
-"""train: fit the hierarchical VAE, log the run to MLflow, keep the best-on-validation weights."""
+"""train: fit the hierarchical VAE, log the run to MLflow, keep the best-on-validation weights.
+
+A killed run resumes: the next `hvae train` (or `dvc repro`) with the same params and data
+carries on from the last completed epoch, in the same MLflow run (see hvae.resume).
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,8 @@ from pathlib import Path
 import keras
 import mlflow
 
-from hvae import artifacts, atomic, paths, tracking
-from hvae.callbacks import Checkpoint, EpochRecorder, NllProbe
+from hvae import artifacts, atomic, paths, resume, tracking
+from hvae.callbacks import Checkpoint, EpochRecorder, NllProbe, StopOnNonFiniteLoss
 from hvae.config import Params, flatten
 from hvae.data import pipeline, prepared
 from hvae.distribute import choose_strategy
@@ -27,6 +31,26 @@ def _log_dataset(manifest: dict, train: prepared.Split) -> None:
         digest=manifest["digest"][:16],
     )
     mlflow.log_input(dataset, context="training")
+
+
+def _resumable(
+    state: resume.ResumeState | None, fingerprint: str, path: Path
+) -> resume.ResumeState | None:
+    """The saved state if this run should continue it, else None (and say why)."""
+    if state is None:
+        return None
+    if state.fingerprint != fingerprint:
+        print(f"train: {path} is from other params or data; starting from scratch", flush=True)
+        return None
+    if state.complete:
+        print(f"train: {path} is from a finished run; starting from scratch", flush=True)
+        return None
+    try:
+        mlflow.tracking.MlflowClient().get_run(state.run_id)
+    except mlflow.exceptions.MlflowException:
+        print(f"train: run {state.run_id} is not in this store; starting from scratch")
+        return None
+    return state
 
 
 def run(params: Params, root: Path) -> None:
@@ -47,11 +71,22 @@ def run(params: Params, root: Path) -> None:
 
     tracking.configure(root)
     experiment_id = tracking.ensure_experiment(params.mlflow.experiment, root)
-    best = paths.MODELS / artifacts.WEIGHTS
+    state_path = paths.CHECKPOINTS / resume.STATE_FILE
+    # What the weights depend on; evaluate/render/mlflow settings may change in between.
+    fingerprint = prepared.json_digest(
+        {
+            "seed": params.seed,
+            "model": params.model.model_dump(),
+            "train": params.train.model_dump(),
+            "data": manifest["digest"],
+        }
+    )
+    state = _resumable(resume.load(state_path), fingerprint, state_path)
     with mlflow.start_run(
-        experiment_id=experiment_id,
-        run_name=os.environ.get("DVC_EXP_NAME"),
-        tags=tracking.run_tags(root),
+        run_id=state.run_id if state else None,
+        experiment_id=None if state else experiment_id,
+        run_name=None if state else os.environ.get("DVC_EXP_NAME"),
+        tags=None if state else tracking.run_tags(root),
         log_system_metrics=True,  # CPU, memory (and GPU when present) sampled during training
     ) as run:
         tracking.write_run_record(run.info.run_id, params.mlflow.experiment)
@@ -66,25 +101,46 @@ def run(params: Params, root: Path) -> None:
         mlflow.log_param("model.parameters", model.count_params())
         _log_dataset(manifest, train)
 
-        checkpoint = Checkpoint(last=paths.CHECKPOINTS / "last.weights.h5", best=best)
+        checkpoint = Checkpoint(best=paths.MODELS / artifacts.WEIGHTS)
+        checkpoint.set_model(model)
         recorder = EpochRecorder(run.info.run_id, paths.HISTORY, t.log_every_steps)
-        callbacks = [*training_callbacks(params), recorder, checkpoint]
+        probe = None
         if t.probe_every_epochs:
-            probe_set = valid.flat()[: t.probe_images].astype("float32")
-            callbacks.append(
-                NllProbe(
-                    run.info.run_id,
-                    paths.TIME_TO_QUALITY,
-                    probe_set,
-                    t.probe_every_epochs,
-                    t.probe_iw_samples,
-                    chunk=min(t.probe_iw_samples, 100),
-                )
+            probe = NllProbe(
+                run.info.run_id,
+                paths.TIME_TO_QUALITY,
+                valid.flat()[: t.probe_images].astype("float32"),
+                t.probe_every_epochs,
+                t.probe_iw_samples,
+                chunk=min(t.probe_iw_samples, 100),
             )
+        saver = resume.ResumeCheckpoint(
+            state_path, fingerprint, run.info.run_id, checkpoint, recorder, probe
+        )
+        if t.ema_decay > 0:
+            # Keras swaps the averaged weights in and out around each epoch's end, so a
+            # saved state would hold them swapped; not supported yet.
+            print("train: no resume checkpoints with train.ema_decay > 0", flush=True)
+        if state is not None:
+            resume.restore(state, model, checkpoint, recorder, probe)
+            print(
+                f"train: resuming from epoch {state.epoch}/{t.epochs} of run {state.run_id} "
+                f"({state_path})",
+                flush=True,
+            )
+        callbacks = [
+            StopOnNonFiniteLoss(),
+            *training_callbacks(params),
+            recorder,
+            checkpoint,
+            *([probe] if probe else []),
+            *([] if t.ema_decay > 0 else [saver]),  # last: it saves what the others recorded
+        ]
         model.fit(
             train_ds,
             validation_data=valid_ds,
             epochs=t.epochs,
+            initial_epoch=state.epoch if state else 0,
             callbacks=callbacks,
             shuffle=False,  # tf.data reshuffles every epoch itself
             # A progress bar for a person at a terminal, one line per epoch for logs and CI.
