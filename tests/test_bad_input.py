@@ -172,3 +172,28 @@ def test_missing_data_folder(project: Path, monkeypatch, capsys) -> None:
     assert code == 1
     assert err == f"hvae prepare: error: HVAE_DATA_DIR={project / 'nowhere'}: not a directory\n"
     assert not (project / "data" / "prepared").exists()
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("train:\n  epochs: 0\n", "params.yaml: train.epochs: "),
+        (
+            "train:\n  epoch: 3\n",
+            "params.yaml: unknown key 'train.epoch'; did you mean 'train.epochs'?",
+        ),
+        ("train: [1\n", "params.yaml: not valid YAML"),
+        ("evaluate:\n  iw_samples: 0\n", "params.yaml: evaluate.iw_samples: "),
+    ],
+)
+@pytest.mark.parametrize("command", ["prepare", "train", "evaluate", "promote"])
+def test_bad_params_stop_every_command_first(
+    tmp_path: Path, monkeypatch, capsys, command: str, text: str, expected: str
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "params.yaml").write_text(text)
+    code = main([command])
+    err = capsys.readouterr().err
+    assert code == 1 and err.count("\n") == 1, err
+    assert err.startswith(f"hvae {command}: error: {expected}"), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]  # nothing written
