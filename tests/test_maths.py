@@ -242,7 +242,7 @@ def test_chunks_fold_into_the_exact_log_mean_exp(chunk: int) -> None:
     all_log_w = tf.constant(rng.normal(scale=300.0, size=(k, batch)), tf.float32)
     sizes: list[int] = []
 
-    def chunk_log_weights(x, features, n):
+    def chunk_log_weights(x, features, n, prior_layers):
         start = sum(sizes)
         sizes.append(n)
         return all_log_w[start : start + n]

@@ -243,7 +243,7 @@ def _test_frame(repo: Path, n: int = 5):
 
     from hvae.data.prepared import load_split
 
-    test = load_split(repo / "data/prepared", "mnist.npz", "test")
+    test = load_split(repo / "data/prepared", "dataset.npz", "test")
     pixels = test.flat()[:n].astype("float64") * 255.0
     return pd.DataFrame(pixels, columns=[f"p{i}" for i in range(784)])
 

@@ -24,8 +24,8 @@ def _client(root: Path) -> MlflowClient:
 
 
 def models(args: argparse.Namespace, params: Params, root: Path) -> None:
-    table = promotion.versions_table(_client(root), params.mlflow.registered_model)
-    print(f"{params.mlflow.registered_model} ({tracking.tracking_uri(root)})")
+    table = promotion.versions_table(_client(root), params.registered_model)
+    print(f"{params.registered_model} ({tracking.tracking_uri(root)})")
     print(table.to_string(index=False) if len(table) else "(no versions)")
 
 
@@ -48,7 +48,7 @@ def _promote(args: argparse.Namespace, params: Params, root: Path) -> None:
     p = params.promote
     decision = promotion.decide(
         _client(root),
-        params.mlflow.registered_model,
+        params.registered_model,
         alias=args.alias or p.alias,
         version=args.version,
         metric=args.metric or p.metric,
@@ -71,7 +71,7 @@ def _promote(args: argparse.Namespace, params: Params, root: Path) -> None:
 def rollback(args: argparse.Namespace, params: Params, root: Path) -> None:
     alias = args.alias or params.promote.alias
     with _registry_lock(root, "rollback"):
-        old, new = promotion.rollback(_client(root), params.mlflow.registered_model, alias)
+        old, new = promotion.rollback(_client(root), params.registered_model, alias)
     print(f"rollback: '{alias}' moved from version {old} back to version {new}")
 
 

@@ -24,9 +24,19 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+DATASETS = ("mnist", "fashion-mnist")
+
+
+class DataParams(_Section):
+    # Trained on; the other of the two is the out-of-distribution set evaluate scores.
+    dataset: Literal["mnist", "fashion-mnist"] = "mnist"
+
+    @property
+    def ood_dataset(self) -> str:
+        return next(d for d in DATASETS if d != self.dataset)
+
+
 class PrepareParams(_Section):
-    dataset: Literal["mnist"] = "mnist"
-    ood_dataset: Literal["fashion-mnist"] = "fashion-mnist"
     validation_size: int = Field(10_000, ge=1, lt=MNIST_TRAIN_SIZE)
     # Seeds the validation split and the one-off binarization of validation and test sets,
     # so every run and every evaluation scores exactly the same bits, whatever `seed` is.
@@ -101,12 +111,26 @@ class PromoteParams(_Section):
 
 
 class MlflowParams(_Section):
-    experiment: str = Field("hvae-mnist", min_length=1)
-    registered_model: str = Field("hvae-mnist", min_length=1)
+    # "{dataset}" is replaced by data.dataset, so a Fashion-MNIST run gets its own
+    # experiment and registered model instead of competing with the MNIST champion.
+    experiment: str = Field("hvae-{dataset}", min_length=1)
+    registered_model: str = Field("hvae-{dataset}", min_length=1)
+
+    @model_validator(mode="after")
+    def _known_placeholders(self) -> MlflowParams:
+        for key in ("experiment", "registered_model"):
+            value = getattr(self, key)
+            rest = value.replace("{dataset}", "")
+            if "{" in rest or "}" in rest:
+                raise ValueError(
+                    f"mlflow.{key}: the only placeholder is {{dataset}} (got {value!r})"
+                )
+        return self
 
 
 class Params(_Section):
     seed: int = Field(42, ge=0)
+    data: DataParams = DataParams()
     prepare: PrepareParams = PrepareParams()
     model: ModelParams = ModelParams()
     train: TrainParams = TrainParams()
@@ -114,6 +138,16 @@ class Params(_Section):
     render: RenderParams = RenderParams()
     mlflow: MlflowParams = MlflowParams()
     promote: PromoteParams = PromoteParams()
+
+    @property
+    def experiment(self) -> str:
+        """mlflow.experiment with {dataset} filled in."""
+        return self.mlflow.experiment.replace("{dataset}", self.data.dataset)
+
+    @property
+    def registered_model(self) -> str:
+        """mlflow.registered_model with {dataset} filled in."""
+        return self.mlflow.registered_model.replace("{dataset}", self.data.dataset)
 
     @model_validator(mode="after")
     def _split_fits(self) -> Params:

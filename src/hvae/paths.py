@@ -16,5 +16,6 @@ TIME_TO_QUALITY = REPORTS / "time_to_quality.csv"
 METRICS = REPORTS / "metrics.json"
 FIGURES = REPORTS / "figures"
 
-TRAIN_FILE = "mnist.npz"
-OOD_FILE = "fashion-mnist-test.npz"
+# The training dataset (train/valid/test) and the other dataset's test set (OOD checks).
+TRAIN_FILE = "dataset.npz"
+OOD_FILE = "ood-test.npz"

@@ -218,25 +218,35 @@ class HierarchicalVAE(keras.Model):
         recon = -bernoulli_log_prob(x, logits)
         return recon, [gaussian_kl_per_unit(s.q_mu, s.q_sigma, s.p_mu, s.p_sigma) for s in stats]
 
-    def log_weights(self, x: tf.Tensor, features: Sequence[tf.Tensor]) -> tf.Tensor:
-        """log p(x, z) - log q(z | x) at one posterior sample z per row."""
-        logits, stats = self.decode(features)
+    def log_weights(
+        self, x: tf.Tensor, features: Sequence[tf.Tensor], prior_layers: int = 0
+    ) -> tf.Tensor:
+        """log p(x, z) - log q(z | x) at one sample z per row.
+
+        With prior_layers=k the k lowest layers are drawn from p(z_l | z_{>l}) instead of q;
+        their p/q ratio is then 1 and drops out, which gives the log-weights of the bound
+        L_{>k} of Havtorn et al. (2021): only z_{>k} is inferred from x.
+        """
+        logits, stats = self.decode(features, prior_layers=prior_layers)
         log_w = bernoulli_log_prob(x, logits)
-        for s in stats:
+        for s in stats[prior_layers:]:
             log_w += gaussian_log_prob(s.z, s.p_mu, s.p_sigma)
             log_w -= gaussian_log_prob(s.z, s.q_mu, s.q_sigma)
         return log_w
 
-    def iw_log_likelihood(self, x: tf.Tensor, k: int, chunk: int) -> tf.Tensor:
+    def iw_log_likelihood(
+        self, x: tf.Tensor, k: int, chunk: int, prior_layers: int = 0
+    ) -> tf.Tensor:
         """Importance-weighted estimate of log p(x) with k samples per image.
 
         Samples are drawn `chunk` at a time and folded into a running log-sum-exp, so memory
         is bounded by batch * chunk rows whatever k is. The encoder runs once per image.
+        prior_layers=k estimates the bound L_{>k} instead (see log_weights).
         """
         features = self._encode_compiled(x)
         total = None
         for start in range(0, k, chunk):
-            log_w = self._chunk_log_weights(x, features, min(chunk, k - start))
+            log_w = self._chunk_log_weights(x, features, min(chunk, k - start), prior_layers)
             part = tf.reduce_logsumexp(log_w, axis=0)
             total = part if total is None else tf.reduce_logsumexp(tf.stack([total, part]), 0)
         return total - tf.math.log(tf.cast(k, total.dtype))
@@ -246,10 +256,13 @@ class HierarchicalVAE(keras.Model):
         return self.encode(x)
 
     @tf.function(reduce_retracing=True)
-    def _chunk_log_weights(self, x: tf.Tensor, features: list[tf.Tensor], n: int) -> tf.Tensor:
-        """(n, batch) log-weights: n posterior samples for every image of the batch."""
+    def _chunk_log_weights(
+        self, x: tf.Tensor, features: list[tf.Tensor], n: int, prior_layers: int = 0
+    ) -> tf.Tensor:
+        """(n, batch) log-weights: n samples for every image of the batch."""
         tiled = [tf.tile(f, [n, 1]) for f in features]
-        return tf.reshape(self.log_weights(tf.tile(x, [n, 1]), tiled), [n, tf.shape(x)[0]])
+        log_w = self.log_weights(tf.tile(x, [n, 1]), tiled, prior_layers)
+        return tf.reshape(log_w, [n, tf.shape(x)[0]])
 
     def beta(self) -> tf.Tensor:
         """KL weight: linear warm-up from ~0 to 1 over kl_warmup_steps optimizer steps."""

@@ -51,7 +51,7 @@ def run(params: Params, root: Path) -> None:
         "run_id": run_id,
     }
     version = registry.register(
-        params.mlflow.registered_model, run_id, paths.MODELS, test.images[:5], tags
+        params.registered_model, run_id, paths.MODELS, test.images[:5], tags
     )
     with mlflow.start_run(run_id=run_id):
         mlflow.log_metric("time/evaluate_seconds", time.perf_counter() - started)
@@ -61,6 +61,6 @@ def run(params: Params, root: Path) -> None:
         + ", ".join(f"{metrics[f'test_{n}']:.2f}" for n in model.kl_names)
         + "; active units "
         + ", ".join(str(metrics[f"active_units_z{i + 1}"]) for i in range(model.n_layers))
-        + f"; {params.mlflow.registered_model} version {version}"
+        + f"; {params.registered_model} version {version}"
         + f"; {time.perf_counter() - started:.0f} s"
     )

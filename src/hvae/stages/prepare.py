@@ -29,7 +29,7 @@ def run(params: Params) -> None:
     split_seed = int(split_seed.generate_state(1)[0])
     binarize_seed = int(binarize_seed.generate_state(1)[0])
 
-    spec = sources.DATASETS[p.dataset]
+    spec = sources.DATASETS[params.data.dataset]
     files = sources.obtain(spec, TRAIN_STEMS + TEST_STEMS, paths.RAW)
     train_x, train_y = _images_and_labels(files, TRAIN_STEMS, spec.name)
     test_x, test_y = _images_and_labels(files, TEST_STEMS, spec.name)
@@ -45,7 +45,7 @@ def run(params: Params) -> None:
         "test_labels": test_y,
     }
 
-    ood_spec = sources.DATASETS[p.ood_dataset]
+    ood_spec = sources.DATASETS[params.data.ood_dataset]
     ood_files = sources.obtain(ood_spec, TEST_STEMS, paths.RAW)
     ood_x, ood_y = _images_and_labels(ood_files, TEST_STEMS, ood_spec.name)
     ood = {

@@ -48,7 +48,7 @@ def _resumable(
     try:
         mlflow.tracking.MlflowClient().get_run(state.run_id)
     except mlflow.exceptions.MlflowException:
-        print(f"train: run {state.run_id} is not in this store; starting from scratch")
+        print(f"train: run {state.run_id} is not in this store; starting from scratch", flush=True)
         return None
     return state
 
@@ -70,7 +70,7 @@ def run(params: Params, root: Path) -> None:
     valid_ds = pipeline.eval_dataset(valid.images, t.batch_size)
 
     tracking.configure(root)
-    experiment_id = tracking.ensure_experiment(params.mlflow.experiment, root)
+    experiment_id = tracking.ensure_experiment(params.experiment, root)
     state_path = paths.CHECKPOINTS / resume.STATE_FILE
     # What the weights depend on; evaluate/render/mlflow settings may change in between.
     fingerprint = prepared.json_digest(
@@ -89,10 +89,11 @@ def run(params: Params, root: Path) -> None:
         tags=None if state else tracking.run_tags(root),
         log_system_metrics=True,  # CPU, memory (and GPU when present) sampled during training
     ) as run:
-        tracking.write_run_record(run.info.run_id, params.mlflow.experiment)
+        tracking.write_run_record(run.info.run_id, params.experiment)
         mlflow.log_params(flatten(params))
         mlflow.set_tags(
             {
+                "dataset": manifest["dataset"],
                 "data_digest": manifest["digest"],
                 "params_digest": prepared.json_digest(flatten(params)),
                 "replicas": str(strategy.num_replicas_in_sync),
@@ -114,13 +115,15 @@ def run(params: Params, root: Path) -> None:
                 t.probe_iw_samples,
                 chunk=min(t.probe_iw_samples, 100),
             )
-        saver = resume.ResumeCheckpoint(
-            state_path, fingerprint, run.info.run_id, checkpoint, recorder, probe
-        )
+        saver = None
         if t.ema_decay > 0:
             # Keras swaps the averaged weights in and out around each epoch's end, so a
             # saved state would hold them swapped; not supported yet.
             print("train: no resume checkpoints with train.ema_decay > 0", flush=True)
+        else:
+            saver = resume.ResumeCheckpoint(
+                state_path, fingerprint, run.info.run_id, checkpoint, recorder, probe
+            )
         if state is not None:
             resume.restore(state, model, checkpoint, recorder, probe)
             print(
@@ -134,7 +137,7 @@ def run(params: Params, root: Path) -> None:
             recorder,
             checkpoint,
             *([probe] if probe else []),
-            *([] if t.ema_decay > 0 else [saver]),  # last: it saves what the others recorded
+            *([saver] if saver else []),  # last: it saves what the others recorded
         ]
         model.fit(
             train_ds,
