@@ -157,11 +157,31 @@ def test_wrong_type_names_the_key(tmp_path: Path, text: str, key: str) -> None:
         ("prepare:\n  validation_size: 60000\n", "prepare.validation_size"),
         ("prepare:\n  validation_size: 0\n", "prepare.validation_size"),
         ("seed: -1\n", "seed"),
+        ("data:\n  dataset: cifar10\n", "data.dataset"),
+        ("evaluate:\n  llr_samples: 0\n", "evaluate.llr_samples"),
+        ("evaluate:\n  probe_labels: [100, 15]\n", "evaluate.probe_labels"),
+        ("evaluate:\n  probe_labels: []\n", "evaluate.probe_labels"),
+        ("evaluate:\n  probe_labels: [60000]\n", "evaluate.probe_labels"),
+        ("mlflow:\n  experiment: hvae-{data}\n", "mlflow.experiment"),
+        ("mlflow:\n  registered_model: hvae-{dataset\n", "mlflow.registered_model"),
     ],
 )
 def test_out_of_range_names_the_key(tmp_path: Path, text: str, key: str) -> None:
     message = _error(tmp_path, text)
     assert message.split(": ")[1] == key, message
+
+
+@pytest.mark.parametrize(
+    ("dataset", "ood"), [("mnist", "fashion-mnist"), ("fashion-mnist", "mnist")]
+)
+def test_the_other_dataset_is_ood_and_names_follow_the_dataset(
+    tmp_path: Path, dataset: str, ood: str
+) -> None:
+    params = load_params(_write(tmp_path, f"data:\n  dataset: {dataset}\n"))
+    assert params.data.ood_dataset == ood
+    assert params.experiment == params.registered_model == f"hvae-{dataset}"
+    fixed = load_params(_write(tmp_path, "mlflow:\n  registered_model: team-vae\n"))
+    assert fixed.registered_model == "team-vae"
 
 
 def test_batch_larger_than_training_split(tmp_path: Path) -> None:

@@ -19,6 +19,7 @@ from hvae.model.distributions import (
     gaussian_log_prob,
     importance_weighted_bound,
 )
+from hvae.model.hvae import LayerStats
 
 TINY = {"latent_dims": [4, 3], "hidden_dim": 16, "blocks_per_layer": 1}
 
@@ -253,3 +254,68 @@ def test_chunks_fold_into_the_exact_log_mean_exp(chunk: int) -> None:
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     assert sum(sizes) == k
     assert all(n == chunk for n in sizes[:-1]) and 0 < sizes[-1] <= chunk
+
+
+# -- L>k: the bound behind the OOD score LLR>k (Havtorn et al. 2021) --------------------------
+
+
+def test_bound_above_k_drops_the_prior_drawn_layers() -> None:
+    """log w of L>k = log p(x|z) + sum over l >= k of [log p(z_l|z_>l) - log q(z_l|x,z_>l)]:
+    the k lowest layers came from their prior, so their p/q ratio is not in the weight."""
+    rng = np.random.default_rng(3)
+
+    def t(*shape):
+        return tf.constant(rng.normal(size=shape), tf.float32)
+
+    x = tf.constant((rng.random((4, 6)) < 0.5).astype("float32"))
+    logits = t(4, 6)
+    # Layer 0 was drawn from the prior: no posterior; layers 1 and 2 from q.
+    stats = [LayerStats(t(4, 3), None, None, t(4, 3), tf.exp(t(4, 3)))]
+    stats += [LayerStats(t(4, 2), t(4, 2), tf.exp(t(4, 2)), t(4, 2), tf.exp(t(4, 2)))] * 2
+    calls = []
+
+    def decode(features, prior_layers):
+        calls.append(prior_layers)
+        return logits, stats
+
+    got = HierarchicalVAE.log_weights(SimpleNamespace(decode=decode), x, [x], prior_layers=1)
+    expected = bernoulli_log_prob(x, logits)
+    for s in stats[1:]:
+        expected += gaussian_log_prob(s.z, s.p_mu, s.p_sigma)
+        expected -= gaussian_log_prob(s.z, s.q_mu, s.q_sigma)
+    assert calls == [1]
+    np.testing.assert_allclose(got.numpy(), expected.numpy(), rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def small() -> SimpleNamespace:
+    """Few pixels and one-unit layers: even prior sampling estimates log p(x) closely."""
+    keras.utils.set_random_seed(2)
+    model = build_model({"latent_dims": [1, 1], "hidden_dim": 16, "pixels": 8})
+    x = (np.random.default_rng(2).random((5, 8)) < 0.5).astype("float32")
+    return SimpleNamespace(model=model, x=tf.constant(x))
+
+
+def test_every_bound_above_k_converges_to_the_same_log_likelihood(small) -> None:
+    # With many samples, L (k=0), L>1 and L>2 (all layers from the prior) are all consistent
+    # estimators of one log p(x); they differ only in their proposal.
+    estimates = [
+        small.model.iw_log_likelihood(small.x, 40_000, 10_000, prior_layers=k).numpy()
+        for k in (0, 1, 2)
+    ]
+    np.testing.assert_allclose(estimates[1], estimates[0], atol=0.02)
+    np.testing.assert_allclose(estimates[2], estimates[0], atol=0.02)
+
+
+def test_single_sample_bound_above_k_is_below_log_likelihood(small) -> None:
+    log_px = small.model.iw_log_likelihood(small.x, 40_000, 10_000).numpy()
+    repeats = 2000
+    one = (
+        small.model.iw_log_likelihood(tf.tile(small.x, [repeats, 1]), 1, 1, prior_layers=1)
+        .numpy()
+        .reshape(repeats, -1)
+    )
+    mean, stderr = one.mean(axis=0), one.std(axis=0) / np.sqrt(repeats)
+    # Jensen: E[log w] <= log E[w] = log p(x), image by image (a gap or within noise).
+    assert (mean <= log_px + 4 * stderr).all(), (mean, log_px, stderr)
+    assert (mean < log_px).sum() >= 4

@@ -73,3 +73,19 @@ def test_input_order_does_not_matter() -> None:
 def test_bad_scores_are_refused(a, b) -> None:
     with pytest.raises(ValueError):
         ood.auroc(np.array(a), np.array(b))
+
+
+def test_thinned_roc_keeps_the_ends_and_lies_on_the_full_curve() -> None:
+    rng = np.random.default_rng(7)
+    a, b = rng.normal(size=5000), rng.normal(0.5, size=5000)
+    fpr, tpr = ood.roc_curve(a, b)
+    thin_fpr, thin_tpr = ood.thinned_roc(a, b, points=101)
+    assert len(fpr) > 9000 and len(thin_fpr) == 101
+    assert (thin_fpr[0], thin_tpr[0]) == (0.0, 0.0) and (thin_fpr[-1], thin_tpr[-1]) == (1.0, 1.0)
+    full = set(zip(fpr.tolist(), tpr.tolist(), strict=True))
+    assert all(p in full for p in zip(thin_fpr.tolist(), thin_tpr.tolist(), strict=True))
+    assert np.all(np.diff(thin_fpr) >= 0) and np.all(np.diff(thin_tpr) >= 0)
+    # Short curves are returned whole.
+    np.testing.assert_array_equal(
+        ood.thinned_roc(a[:10], b[:10])[0], ood.roc_curve(a[:10], b[:10])[0]
+    )

@@ -35,6 +35,8 @@ TINY = [
     "train.epochs=1",
     "evaluate.iw_samples=10",
     "evaluate.chunk_size=10",
+    "evaluate.llr_samples=4",
+    "evaluate.probe_repeats=1",
     "model.hidden_dim=32",
     "train.batch_size=250",
     "train.kl_warmup_epochs=1",
@@ -114,6 +116,24 @@ def test_metrics_are_consistent(pipeline_run) -> None:
     for layer, dim in enumerate((32, 16, 8), start=1):
         assert metrics[f"test_kl_z{layer}"] >= 0
         assert metrics[f"active_units_z{layer}"] in range(dim + 1)
+    _check_ood_and_probes(repo, metrics)
+
+
+def _check_ood_and_probes(repo: Path, metrics: dict) -> None:
+    """OOD metrics and ROC curves for the likelihood and LLR>1, LLR>2; probes per layer."""
+    assert math.isfinite(metrics["ood_test_nll"])
+    for score in ("likelihood", "llr_k1", "llr_k2"):
+        assert 0.0 <= metrics[f"ood_{score}_auroc"] <= 1.0
+        assert 0.0 < metrics[f"ood_{score}_auprc"] <= 1.0
+        assert 0.0 <= metrics[f"ood_{score}_fpr80"] <= 1.0
+        rows = (repo / "reports/ood_roc" / f"{score}.csv").read_text().splitlines()
+        assert rows[0] == "fpr,tpr" and rows[1] == "0.0,0.0" and rows[-1] == "1.0,1.0"
+        assert len(rows) > 100
+    assert "ood_llr_k3_auroc" not in metrics  # k = L would infer nothing from x
+    for n in (100, 1000):
+        for features in ("z1", "z2", "z3", "pixels"):
+            # Ten classes: a probe that learned anything beats chance (0.1).
+            assert 0.1 < metrics[f"probe_{features}_n{n}"] <= 1.0, (features, n)
 
 
 def test_mlflow_run_and_registry(pipeline_run) -> None:
@@ -130,6 +150,8 @@ def test_mlflow_run_and_registry(pipeline_run) -> None:
             history = client.get_metric_history(run_id, f"{split}/kl_z{layer}")
             assert [m.step for m in history] == [1]
     assert "test/nll" in run.data.metrics
+    for key in ("ood/likelihood_auroc", "ood/llr_k1_auroc", "ood/llr_k2_fpr80", "probe/z3_n100"):
+        assert key in run.data.metrics, key
     # 50 000 images / batch 250 = 200 steps; per-step metrics every 100 steps.
     assert [m.step for m in client.get_metric_history(run_id, "step/elbo")] == [100, 200]
     # beta = step/200; each point is the mean over the 10 steps of its compiled call
@@ -153,15 +175,19 @@ def test_mlflow_run_and_registry(pipeline_run) -> None:
     assert float(version.tags["test_nll"]) == pytest.approx(run.data.metrics["test/nll"], abs=1e-3)
     for tag in ("git_commit", "params_digest", "data_digest"):
         assert version.tags[tag] not in ("", "unknown")
+    assert (version.tags["dataset"], version.tags["ood_dataset"]) == ("mnist", "fashion-mnist")
 
     artifacts = {a.path for a in client.list_artifacts(run_id, "figures")}
-    assert "figures/hierarchy.png" in artifacts
+    assert {"figures/hierarchy.png", "figures/ood_roc.png", "figures/traversal_z3.png"} <= artifacts
+    rocs = {a.path for a in client.list_artifacts(run_id, "ood_roc")}
+    assert rocs == {f"ood_roc/{s}.csv" for s in ("likelihood", "llr_k1", "llr_k2")}
 
 
 def test_figures_are_pngs(pipeline_run) -> None:
     repo, _, _ = pipeline_run
     names = ["reconstructions", "samples", "hierarchy", "loss_curves", "layer_kl"]
-    names.append("time_to_quality")
+    names += ["time_to_quality", "ood_roc", "probe_accuracy"]
+    names += ["traversal_z1", "traversal_z2", "traversal_z3", "hierarchy_z2", "hierarchy_z3"]
     for name in names:
         data = (repo / "reports/figures" / f"{name}.png").read_bytes()
         assert data.startswith(b"\x89PNG\r\n\x1a\n") and len(data) > 2_000, name
@@ -191,6 +217,32 @@ def test_train_change_reruns_train_onwards_never_prepare(pipeline_run) -> None:
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     runs = {v.run_id for v in client.search_model_versions("name = 'hvae-mnist'")}
     assert len(runs) == 2, "one registered version per training run, no duplicates"
+
+
+def test_fashion_mnist_is_one_setting_away(tmp_path: Path) -> None:
+    """The README's line: the same pipeline on Fashion-MNIST, MNIST as the OOD set, in its
+    own experiment and registered model."""
+    repo, env = _new_repo(tmp_path / "repo")
+    args = [str(BIN / "dvc"), "exp", "run", "-S", "data.dataset=fashion-mnist"]
+    for setting in TINY:
+        args += ["-S", setting]
+    output = _run(args, repo, env).stdout
+    assert "fashion-mnist" in output and "OOD (mnist) AUROC" in output
+    manifest = json.loads((repo / "data/prepared/manifest.json").read_text())
+    assert (manifest["dataset"], manifest["ood_dataset"]) == ("fashion-mnist", "mnist")
+    metrics = json.loads((repo / "reports/metrics.json").read_text())
+    _check_ood_and_probes(repo, metrics)
+
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    (version,) = client.search_model_versions("name = 'hvae-fashion-mnist'")
+    assert version.tags["dataset"] == "fashion-mnist"
+    assert client.search_model_versions("name = 'hvae-mnist'") == []
+    run = client.get_run(version.run_id)
+    assert client.get_experiment(run.info.experiment_id).name == "hvae-fashion-mnist"
+    assert run.data.tags["dataset"] == "fashion-mnist"
 
 
 # -- the registry around the pipeline: runs after the second experiment above ---------------

@@ -93,12 +93,31 @@ class EvaluateParams(_Section):
     batch_size: int = Field(100, ge=1)
     chunk_size: int = Field(250, ge=1)
     active_unit_threshold: float = Field(0.01, gt=0.0)
+    # OOD detection: importance samples for each of the bounds in LLR>k (1 = plain ELBOs).
+    llr_samples: int = Field(100, ge=1)
+    # Linear probes: labelled training images per probe (balanced, a multiple of 10 classes),
+    # each budget drawn `probe_repeats` times.
+    probe_labels: list[int] = Field(default_factory=lambda: [100, 1000], min_length=1)
+    probe_repeats: int = Field(5, ge=1)
+
+    @model_validator(mode="after")
+    def _budgets(self) -> EvaluateParams:
+        for n in self.probe_labels:
+            if n < 10 or n % 10:
+                raise ValueError(
+                    f"evaluate.probe_labels: each budget must be a positive multiple of the "
+                    f"10 classes (got {n})"
+                )
+        return self
 
 
 class RenderParams(_Section):
     n_images: int = Field(10, ge=1, le=64)
     n_samples: int = Field(64, ge=1, le=400)
     hierarchy_rows: int = Field(8, ge=1, le=32)
+    hierarchy_draws: int = Field(9, ge=1, le=32)  # per test image, in the per-layer figures
+    traversal_units: int = Field(8, ge=1, le=32)  # rows per layer: its most-used units
+    traversal_steps: int = Field(9, ge=2, le=32)
 
 
 class PromoteParams(_Section):
@@ -156,6 +175,11 @@ class Params(_Section):
             raise ValueError(
                 f"train.batch_size: must be <= the {train_size} training images left after "
                 f"prepare.validation_size={self.prepare.validation_size}"
+            )
+        if max(self.evaluate.probe_labels) > train_size:
+            raise ValueError(
+                f"evaluate.probe_labels: must be <= the {train_size} training images "
+                f"(got {max(self.evaluate.probe_labels)})"
             )
         if self.train.probe_images > self.prepare.validation_size:
             raise ValueError(

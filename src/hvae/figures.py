@@ -89,6 +89,42 @@ def time_to_quality(probes: pd.DataFrame, k: int, images: int) -> Figure:
     return fig
 
 
+def ood_roc(curves: dict[str, pd.DataFrame], aurocs: dict[str, float], title: str) -> Figure:
+    """One ROC curve per anomaly score (OOD images are the positives)."""
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, curve in curves.items():
+        ax.plot(
+            curve["fpr"], curve["tpr"], label=f"{_score_label(name)} (AUROC {aurocs[name]:.3f})"
+        )
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="chance")
+    ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def _score_label(name: str) -> str:
+    return f"LLR>{name.removeprefix('llr_k')}" if name.startswith("llr_k") else "-log p(x)"
+
+
+def probe_accuracy(metrics: dict[str, float], budgets: list[int], features: list[str]) -> Figure:
+    """Grouped bars: test accuracy of a linear probe per feature set and label budget."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.8 / len(budgets)
+    x = np.arange(len(features))
+    for j, n in enumerate(budgets):
+        acc = [metrics[f"probe_{f}_n{n}"] for f in features]
+        err = [metrics[f"probe_{f}_n{n}_std"] for f in features]
+        ax.bar(x + j * width, acc, width, yerr=err, capsize=3, label=f"{n} labels")
+    ax.set_xticks(x + width * (len(budgets) - 1) / 2, features)
+    ax.set(ylabel="test accuracy", ylim=(0, 1), title="linear probe on posterior means")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
 def save(fig: Figure, path) -> None:
     fig.savefig(path, dpi=100)
     plt.close(fig)

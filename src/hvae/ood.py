@@ -52,6 +52,18 @@ def fpr_at_tpr(in_scores: np.ndarray, ood_scores: np.ndarray, tpr_level: float =
     return float(fpr[np.argmax(tpr >= tpr_level)])
 
 
+def thinned_roc(
+    in_scores: np.ndarray, ood_scores: np.ndarray, points: int = 1001
+) -> tuple[np.ndarray, np.ndarray]:
+    """The ROC curve with at most `points` points (first and last kept), for plotting:
+    20 000 scores give up to 20 001 distinct thresholds, far more than a plot can show."""
+    fpr, tpr = roc_curve(in_scores, ood_scores)
+    if len(fpr) <= points:
+        return fpr, tpr
+    keep = np.unique(np.linspace(0, len(fpr) - 1, points).round().astype(int))
+    return fpr[keep], tpr[keep]
+
+
 def summary(in_scores: np.ndarray, ood_scores: np.ndarray) -> dict[str, float]:
     return {
         "auroc": auroc(in_scores, ood_scores),

@@ -14,6 +14,7 @@ RUN_RECORD = REPORTS / "mlflow_run.json"
 HISTORY = REPORTS / "train_history.csv"
 TIME_TO_QUALITY = REPORTS / "time_to_quality.csv"
 METRICS = REPORTS / "metrics.json"
+OOD_ROC = REPORTS / "ood_roc"  # one ROC curve (fpr, tpr) per OOD score
 FIGURES = REPORTS / "figures"
 
 # The training dataset (train/valid/test) and the other dataset's test set (OOD checks).

@@ -1,4 +1,9 @@
-"""evaluate: score the full test set, write reports/metrics.json, register the model."""
+"""evaluate: score the full test set, write reports/metrics.json, register the model.
+
+Beside the bound and the NLL: out-of-distribution detection against the other dataset's
+test set (likelihood and LLR>k, ROC curves under reports/ood_roc/) and linear probes of
+every layer's posterior means.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +12,19 @@ from pathlib import Path
 
 import keras
 import mlflow
+import pandas as pd
 
-from hvae import artifacts, atomic, evaluation, paths, registry, tracking
+from hvae import (
+    anomaly,
+    artifacts,
+    atomic,
+    evaluation,
+    ood,
+    paths,
+    registry,
+    representations,
+    tracking,
+)
 from hvae.config import Params, flatten
 from hvae.data import prepared
 
@@ -21,6 +37,8 @@ def run(params: Params, root: Path) -> None:
     run_id = tracking.read_run_record()
     manifest = prepared.read_manifest(paths.PREPARED)
     test = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "test")
+    ood_test = prepared.load_split(paths.PREPARED, paths.OOD_FILE, "test")
+    train = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "train")  # probe labels
     model = artifacts.load_model(paths.MODELS)
 
     metrics: dict[str, float] = {}
@@ -37,14 +55,59 @@ def run(params: Params, root: Path) -> None:
     metrics["test_images"] = len(test)
     iw_seconds = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
+    ood_log_px = evaluation.iw_log_likelihood(
+        model, ood_test.images, e.iw_samples, e.batch_size, e.chunk_size
+    )
+    metrics["ood_test_nll"] = float(-ood_log_px.mean())
+    scores = {
+        "likelihood": (anomaly.likelihood_score(log_px), anomaly.likelihood_score(ood_log_px))
+    }
+    in_llr = anomaly.llr_scores(model, test.images, e.llr_samples, e.batch_size, e.chunk_size)
+    ood_llr = anomaly.llr_scores(model, ood_test.images, e.llr_samples, e.batch_size, e.chunk_size)
+    scores.update({f"llr_k{k}": (in_llr[k], ood_llr[k]) for k in in_llr})
+    rocs = {}
+    for name, (in_scores, ood_scores) in scores.items():
+        metrics.update(
+            {f"ood_{name}_{m}": v for m, v in ood.summary(in_scores, ood_scores).items()}
+        )
+        rocs[name] = ood.thinned_roc(in_scores, ood_scores)
+    ood_seconds = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    metrics.update(
+        representations.probe_accuracies(
+            model,
+            (prepared.binarize_once(train.images, params.prepare.seed + 3), train.labels),
+            (test.images, test.labels),
+            e.probe_labels,
+            e.probe_repeats,
+            params.seed,
+            e.batch_size,
+        )
+    )
+    probe_seconds = time.perf_counter() - t0
+
+    with atomic.atomic_dir(paths.OOD_ROC) as out:
+        for name, (fpr, tpr) in rocs.items():
+            pd.DataFrame({"fpr": fpr, "tpr": tpr}).to_csv(out / f"{name}.csv", index=False)
     atomic.write_json(paths.METRICS, metrics)
     with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics({f"test/{k.removeprefix('test_')}": v for k, v in metrics.items()})
-        mlflow.log_metric("time/evaluate_iw_seconds", iw_seconds)
+        mlflow.log_metrics({_metric_key(k): v for k, v in metrics.items()})
+        mlflow.log_metrics(
+            {
+                "time/evaluate_iw_seconds": iw_seconds,
+                "time/evaluate_ood_seconds": ood_seconds,
+                "time/evaluate_probe_seconds": probe_seconds,
+            }
+        )
         mlflow.log_artifact(str(paths.METRICS))
+        mlflow.log_artifacts(str(paths.OOD_ROC), artifact_path="ood_roc")
 
     tags = {
         **{k: f"{v:.4f}" if isinstance(v, float) else str(v) for k, v in metrics.items()},
+        "dataset": manifest["dataset"],
+        "ood_dataset": manifest["ood_dataset"],
         "git_commit": tracking.git_commit(root) or "unknown",
         "params_digest": prepared.json_digest(flatten(params)),
         "data_digest": manifest["digest"],
@@ -61,6 +124,17 @@ def run(params: Params, root: Path) -> None:
         + ", ".join(f"{metrics[f'test_{n}']:.2f}" for n in model.kl_names)
         + "; active units "
         + ", ".join(str(metrics[f"active_units_z{i + 1}"]) for i in range(model.n_layers))
+        + f"; OOD ({manifest['ood_dataset']}) AUROC likelihood "
+        + f"{metrics['ood_likelihood_auroc']:.3f}, "
+        + ", ".join(f"LLR>{k} {metrics[f'ood_llr_k{k}_auroc']:.3f}" for k in in_llr)
         + f"; {params.registered_model} version {version}"
         + f"; {time.perf_counter() - started:.0f} s"
     )
+
+
+def _metric_key(name: str) -> str:
+    """metrics.json key -> MLflow key: test/nll, ood/llr_k1_auroc, probe/z1_n100."""
+    for prefix in ("ood", "probe", "test"):
+        if name.startswith(prefix + "_"):
+            return f"{prefix}/{name.removeprefix(prefix + '_')}"
+    return f"test/{name}"

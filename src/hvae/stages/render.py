@@ -1,4 +1,5 @@
-"""render: reconstructions, prior samples, the hierarchy figure, loss and KL curves."""
+"""render: reconstructions, prior samples, the hierarchy figures, latent traversals,
+loss and KL curves, OOD ROC curves and linear-probe accuracies."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from hvae import artifacts, atomic, figures, paths, tracking
+from hvae import artifacts, atomic, figures, paths, representations, tracking
 from hvae.config import Params
 from hvae.data import prepared
 
@@ -22,6 +23,7 @@ def run(params: Params, root: Path) -> None:
     run_id = tracking.read_run_record()
     model = artifacts.load_model(paths.MODELS)
     test = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "test")
+    manifest = prepared.read_manifest(paths.PREPARED)
     history = pd.read_csv(paths.HISTORY)
     metrics = json.loads(paths.METRICS.read_text())
 
@@ -51,6 +53,18 @@ def run(params: Params, root: Path) -> None:
         "loss_curves.png": figures.loss_curves(history),
         "layer_kl.png": figures.layer_kl(history, test_kl),
     }
+    pictures.update(_layer_pictures(model, test, r))
+    curves = {f.stem: pd.read_csv(f) for f in sorted(paths.OOD_ROC.glob("*.csv"))}
+    pictures["ood_roc.png"] = figures.ood_roc(
+        curves,
+        {name: metrics[f"ood_{name}_auroc"] for name in curves},
+        f"{manifest['dataset']} test vs {manifest['ood_dataset']} test (positives)",
+    )
+    budgets = sorted(
+        int(k.rsplit("_n", 1)[1]) for k in metrics if k.startswith("probe_z1_n") and "std" not in k
+    )
+    features = [f"z{i + 1}" for i in range(model.n_layers)] + ["pixels"]
+    pictures["probe_accuracy.png"] = figures.probe_accuracy(metrics, budgets, features)
     probes = pd.read_csv(paths.TIME_TO_QUALITY)
     if len(probes):
         t = params.train
@@ -63,3 +77,32 @@ def run(params: Params, root: Path) -> None:
     with mlflow.start_run(run_id=run_id):
         mlflow.log_artifacts(str(paths.FIGURES), artifact_path="figures")
     print(f"render: {len(pictures)} figures -> {paths.FIGURES}")
+
+
+def _layer_pictures(model, test: prepared.Split, r) -> dict:
+    """What each layer holds: traversals of its most-used units, and test images whose
+    upper layers are kept while the layers below are redrawn from the prior."""
+    means = representations.posterior_means(model, test.images, batch_size=500)
+    base = [m[0] for m in means]  # the first test image's posterior means
+    spread = [m.std(axis=0) for m in means]
+    pictures = {}
+    for layer in range(model.n_layers):
+        units = np.argsort(-spread[layer])[: r.traversal_units]
+        grid = representations.traversal(model, base, spread, layer, units, r.traversal_steps)
+        pictures[f"traversal_z{layer + 1}.png"] = figures.image_grid(
+            grid,
+            f"z{layer + 1}: each row moves one unit from -3 to +3 std, all else fixed",
+            row_labels=[f"unit {u}" for u in units],
+        )
+    originals = test.flat()[: r.hierarchy_rows].astype(np.float32)
+    for layer in range(1, model.n_layers):
+        kept = representations.keep_upper_layers(
+            model, [m[: r.hierarchy_rows] for m in means], layer, r.hierarchy_draws
+        )
+        grid = np.concatenate([originals[:, None, :], kept], axis=1)
+        pictures[f"hierarchy_z{layer + 1}.png"] = figures.image_grid(
+            grid,
+            f"test image, then z{layer + 1}..z{model.n_layers} kept from it and "
+            f"z1..z{layer} redrawn from the prior",
+        )
+    return pictures

@@ -1,0 +1,85 @@
+"""Per-layer probes, traversals, the kept-upper-layers figure and the LLR>k scores."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import keras
+import numpy as np
+import pytest
+
+from hvae import anomaly, representations
+from hvae.model import build_model
+
+
+@pytest.fixture(scope="module")
+def tiny() -> SimpleNamespace:
+    keras.utils.set_random_seed(4)
+    model = build_model({"latent_dims": [6, 4, 2], "hidden_dim": 16})
+    rng = np.random.default_rng(4)
+    images = (rng.random((40, 28, 28)) < 0.3).astype(np.uint8)
+    return SimpleNamespace(model=model, images=images)
+
+
+def test_posterior_means_per_layer_in_batches(tiny) -> None:
+    means = representations.posterior_means(tiny.model, tiny.images, batch_size=16)
+    assert [m.shape for m in means] == [(40, 6), (40, 4), (40, 2)]
+    whole = representations.posterior_means(tiny.model, tiny.images, batch_size=40)
+    for a, b in zip(means, whole, strict=True):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def _class_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Class c lights up row block c: linearly separable in pixel space."""
+    images = (rng.random((len(labels), 28, 28)) < 0.05).astype(np.uint8)
+    for i, c in enumerate(labels):
+        images[i, 2 * c : 2 * c + 2, :] = 1
+    return images
+
+
+def test_probe_accuracies_per_layer_and_budget(tiny) -> None:
+    rng = np.random.default_rng(5)
+    train_y = np.repeat(np.arange(10), 30)
+    test_y = np.repeat(np.arange(10), 10)
+    train = (_class_images(train_y, rng), train_y)
+    test = (_class_images(test_y, rng), test_y)
+    got = representations.probe_accuracies(
+        tiny.model, train, test, budgets=[20, 100], repeats=2, seed=0, batch_size=64
+    )
+    for n in (20, 100):
+        for f in ("z1", "z2", "z3", "pixels"):
+            assert 0.0 <= got[f"probe_{f}_n{n}"] <= 1.0
+            assert got[f"probe_{f}_n{n}_std"] >= 0.0
+        # The pixel baseline separates these classes perfectly.
+        assert got[f"probe_pixels_n{n}"] == 1.0
+    assert len(got) == 2 * 4 * 2
+
+
+def test_traversal_moves_one_unit(tiny) -> None:
+    means = representations.posterior_means(tiny.model, tiny.images[:1], batch_size=1)
+    base = [m[0] for m in means]
+    spread = [np.ones_like(b) for b in base]
+    grid = representations.traversal(tiny.model, base, spread, layer=1, units=[0, 3], steps=5)
+    assert grid.shape == (2, 5, 784)
+    assert grid.min() >= 0.0 and grid.max() <= 1.0
+    # The middle step has offset 0: both rows show the base image, identically.
+    np.testing.assert_allclose(grid[0, 2], grid[1, 2], atol=1e-6)
+    assert not np.allclose(grid[0, 0], grid[0, 4], atol=1e-4)
+
+
+def test_keeping_upper_layers_redraws_only_the_lower_ones(tiny) -> None:
+    means = representations.posterior_means(tiny.model, tiny.images[:3], batch_size=3)
+    everything_kept = representations.keep_upper_layers(tiny.model, means, layer=0, draws=4)
+    assert everything_kept.shape == (3, 4, 784)
+    # z1..zL all fixed: every draw is the same picture.
+    np.testing.assert_allclose(everything_kept[:, 0], everything_kept[:, 3], atol=1e-6)
+    lower_redrawn = representations.keep_upper_layers(tiny.model, means, layer=2, draws=4)
+    assert not np.allclose(lower_redrawn[:, 0], lower_redrawn[:, 3], atol=1e-4)
+
+
+def test_llr_scores_for_every_k_the_hierarchy_allows(tiny) -> None:
+    scores = anomaly.llr_scores(tiny.model, tiny.images, samples=3, batch_size=16, chunk=2)
+    assert sorted(scores) == [1, 2]
+    for values in scores.values():
+        assert values.shape == (40,) and np.isfinite(values).all()
+    np.testing.assert_array_equal(anomaly.likelihood_score(np.array([-80.0])), [80.0])
