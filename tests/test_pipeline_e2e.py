@@ -131,7 +131,7 @@ def _check_ood_and_probes(repo: Path, metrics: dict) -> None:
         assert len(rows) > 100
     assert "ood_llr_k3_auroc" not in metrics  # k = L would infer nothing from x
     for n in (100, 1000):
-        for features in ("z1", "z2", "z3", "pixels"):
+        for features in ("z1", "z2", "z3", "all", "pixels"):
             # Ten classes: a probe that learned anything beats chance (0.1).
             assert 0.1 < metrics[f"probe_{features}_n{n}"] <= 1.0, (features, n)
 

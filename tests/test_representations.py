@@ -47,12 +47,12 @@ def test_probe_accuracies_per_layer_and_budget(tiny) -> None:
         tiny.model, train, test, budgets=[20, 100], repeats=2, seed=0, batch_size=64
     )
     for n in (20, 100):
-        for f in ("z1", "z2", "z3", "pixels"):
+        for f in ("z1", "z2", "z3", "all", "pixels"):
             assert 0.0 <= got[f"probe_{f}_n{n}"] <= 1.0
             assert got[f"probe_{f}_n{n}_std"] >= 0.0
         # The pixel baseline separates these classes perfectly.
         assert got[f"probe_pixels_n{n}"] == 1.0
-    assert len(got) == 2 * 4 * 2
+    assert len(got) == 2 * 5 * 2
 
 
 def test_traversal_moves_one_unit(tiny) -> None:

@@ -35,20 +35,29 @@ def probe_accuracies(
     seed: int,
     batch_size: int,
 ) -> dict[str, float]:
-    """Test accuracy of a softmax regression per layer (and on raw pixels, the baseline),
-    trained on `budget` balanced labelled images; mean and std over `repeats` draws.
+    """Test accuracy of a softmax regression on each layer's posterior means, on all layers
+    together, and on raw pixels (the baseline), trained on `budget` balanced labelled images;
+    mean and std over `repeats` draws.
 
     `train` images must be binarized like the test set, so both come from one distribution.
     """
+    draws = {
+        (budget, r): balanced_subset(train[1], budget, seed=seed + 1000 * budget + r)
+        for budget in budgets
+        for r in range(repeats)
+    }
+    # Encode every labelled image once, however many draws it is in.
+    used = np.unique(np.concatenate(list(draws.values())))
+    train_features = _features(model, train[0][used], batch_size)
     test_features = _features(model, test[0], batch_size)
     out: dict[str, float] = {}
     for budget in budgets:
         scores: dict[str, list[float]] = {name: [] for name in test_features}
         for r in range(repeats):
-            picked = balanced_subset(train[1], budget, seed=seed + 1000 * budget + r)
-            features = _features(model, train[0][picked], batch_size)
-            for name, x in features.items():
-                probe = fit_softmax(x, train[1][picked])
+            rows = np.searchsorted(used, draws[budget, r])
+            labels = train[1][draws[budget, r]]
+            for name, x in train_features.items():
+                probe = fit_softmax(x[rows], labels)
                 scores[name].append(probe.accuracy(test_features[name], test[1]))
         for name, values in scores.items():
             out[f"probe_{name}_n{budget}"] = float(np.mean(values))
@@ -59,6 +68,7 @@ def probe_accuracies(
 def _features(model: HierarchicalVAE, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
     means = posterior_means(model, images, batch_size)
     features = {f"z{i + 1}": m for i, m in enumerate(means)}
+    features["all"] = np.concatenate(means, axis=1)
     features["pixels"] = images.reshape(len(images), -1).astype(np.float32)
     return features
 

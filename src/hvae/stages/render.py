@@ -63,7 +63,7 @@ def run(params: Params, root: Path) -> None:
     budgets = sorted(
         int(k.rsplit("_n", 1)[1]) for k in metrics if k.startswith("probe_z1_n") and "std" not in k
     )
-    features = [f"z{i + 1}" for i in range(model.n_layers)] + ["pixels"]
+    features = [f"z{i + 1}" for i in range(model.n_layers)] + ["all", "pixels"]
     pictures["probe_accuracy.png"] = figures.probe_accuracy(metrics, budgets, features)
     probes = pd.read_csv(paths.TIME_TO_QUALITY)
     if len(probes):
@@ -102,7 +102,11 @@ def _layer_pictures(model, test: prepared.Split, r) -> dict:
         grid = np.concatenate([originals[:, None, :], kept], axis=1)
         pictures[f"hierarchy_z{layer + 1}.png"] = figures.image_grid(
             grid,
-            f"test image, then z{layer + 1}..z{model.n_layers} kept from it and "
-            f"z1..z{layer} redrawn from the prior",
+            f"test image, then {_span(layer + 1, model.n_layers)} kept at its posterior means "
+            f"and {_span(1, layer)} redrawn from the prior",
         )
     return pictures
+
+
+def _span(first: int, last: int) -> str:
+    return f"z{first}" if first == last else f"z{first}..z{last}"
