@@ -195,6 +195,24 @@ def test_a_huge_gradient_skips_the_update_and_is_counted() -> None:
     assert int(model.optimizer.iterations) == 0
 
 
+def test_a_second_huge_gradient_in_a_row_is_applied_clipped() -> None:
+    """Skipping never stalls training: after a skip the model is unchanged, so a threshold
+    every batch exceeds would otherwise skip every later update too."""
+    images = np.random.default_rng(4).random((8, 784)).astype("float32")
+    keras.utils.set_random_seed(3)
+    model = build_model({**TINY, "skip_grad_norm": 1e-6, "grad_clip_norm": 1e-7})
+    model.compile(optimizer=keras.optimizers.SGD(1.0))
+    before = [w.numpy().copy() for w in model.trainable_weights]
+    # One batch per step, four steps: skip, apply, skip, apply.
+    history = model.fit(images, batch_size=8, epochs=4, verbose=0).history
+    assert history["skip_rate"] == [1.0, 0.0, 1.0, 0.0]
+    assert int(model.optimizer.iterations) == 2
+    moved = [a.numpy() - b for b, a in zip(before, model.trainable_weights, strict=True)]
+    # Two applied SGD(1.0) steps, each clipped to norm 1e-7.
+    assert float(np.sqrt(sum(np.sum(d**2) for d in moved))) <= 2e-7 * (1 + 1e-3)
+    assert not _unchanged(model, before)
+
+
 def test_a_non_finite_gradient_skips_the_update() -> None:
     images = np.random.default_rng(5).random((8, 784)).astype("float32")
     model, _, history = _fit_once(images)

@@ -104,6 +104,14 @@ class HierarchicalVAE(keras.Model):
         self.initial_state = self.add_weight(
             shape=(hidden_dim,), initializer="zeros", name="initial_state"
         )
+        # 1 when the last update was skipped for its norm (see _apply_or_skip).
+        self.skipped_last = self.add_weight(
+            shape=(),
+            initializer="zeros",
+            trainable=False,
+            name="skipped_last",
+            aggregation="only_first_replica",
+        )
         # Starting the output bias at logit(mean pixel) spares the first epochs from
         # learning the average digit (a trick from the IWAE and VDVAE code).
         bias = "zeros" if output_bias is None else keras.initializers.Constant(output_bias)
@@ -307,6 +315,10 @@ class HierarchicalVAE(keras.Model):
         One bad batch (a near-zero sigma, an outlier image) can otherwise wreck Adam's moments
         for thousands of steps; skipping it and counting the skips (VDVAE does the same) keeps
         the run alive and makes the problem visible as `skip_rate` in MLflow.
+        A huge but finite norm right after a skip is applied (clipped) instead: a skip leaves
+        the model unchanged, so a second one in a row points at the model's state, not at an
+        outlier batch, and skipping on would stall training for good (Fashion-MNIST's early
+        steps did exactly that with a fixed threshold).
         Updates that pass are clipped to grad_clip_norm here, reusing the norm, rather than by
         the optimizer's global_clipnorm, which would compute it again (as keras does, per
         replica, before the all-reduce).
@@ -316,12 +328,14 @@ class HierarchicalVAE(keras.Model):
             grads, _ = tf.clip_by_global_norm(grads, self.grad_clip_norm, use_norm=norm)
         ok = tf.math.is_finite(norm)
         if self.skip_grad_norm is not None:
-            ok = tf.logical_and(ok, norm < self.skip_grad_norm)
+            small = tf.logical_or(norm < self.skip_grad_norm, self.skipped_last > 0.5)
+            ok = tf.logical_and(ok, small)
         context = tf.distribute.get_replica_context()
         if tf.distribute.has_strategy() and context.num_replicas_in_sync > 1:
             # Every replica must take the same branch, so any replica's veto counts for all.
             ok = context.all_reduce("sum", 1.0 - tf.cast(ok, tf.float32)) < 0.5
         self._conditional_apply(ok, grads)
+        self.skipped_last.assign(tf.cast(tf.logical_not(ok), tf.float32))
         self.trackers["skip_rate"].update_state(1.0 - tf.cast(ok, tf.float32))
         self.trackers["grad_norm"].update_state(
             tf.where(tf.math.is_finite(norm), norm, 0.0), sample_weight=tf.cast(ok, norm.dtype)
