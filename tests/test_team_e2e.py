@@ -1,10 +1,10 @@
-"""The pipeline against a shared MLflow tracking server, as a team would run it.
+"""The pipeline as a team runs it: a shared MLflow tracking server, and several workers.
 
 Each test starts its own `mlflow server` (SQLite backend store, artifacts served by the server
 from a local folder) on a free loopback port, points `MLFLOW_TRACKING_URI` at it and runs the
 tiny pipeline in a fresh repo: once with `dvc exp run`, once as three queued experiments run two
-at a time. Everything is checked through the server. Needs HVAE_DATA_DIR like the other e2e
-tests.
+at a time. Everything is checked through the server. A third test trains with two workers
+(MultiWorkerMirroredStrategy) on loopback ports. Needs HVAE_DATA_DIR like the other e2e tests.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import itertools
 import json
 import os
 import re
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -194,3 +195,61 @@ def test_queued_experiments_run_in_parallel_against_the_server(tmp_path: Path) -
         assert "database is locked" not in server_log
         _assert_nothing_local(repo)
         print(f"3 queued tiny experiments, 2 at a time: {elapsed:.0f} s")
+
+
+def test_two_workers_train_in_step_and_only_the_chief_logs(tmp_path: Path) -> None:
+    """Two `hvae train` processes, as on two machines (each its own folder with the prepared
+    data), train the tiny model for one epoch over 127.0.0.1: the same final weights, one
+    MLflow run, and nothing written by the non-chief worker."""
+    import yaml
+    from mlflow.tracking import MlflowClient
+
+    from hvae.distribute import tf_config
+
+    settings = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in TINY)}
+    params = {k: v for k, v in settings.items() if k.startswith(("model.", "train."))}
+    params["train.strategy"] = "multi_worker"
+    chief, env = _new_repo(tmp_path / "chief", params)
+    _run([str(BIN / "hvae"), "prepare"], chief, env)
+    other = tmp_path / "worker"  # another machine: the project and `dvc pull`ed data only
+    other.mkdir()
+    for name in ("params.yaml", "dvc.yaml"):
+        shutil.copy2(chief / name, other / name)
+    shutil.copytree(chief / "data/prepared", other / "data/prepared")
+
+    addresses = [f"127.0.0.1:{_free_port()}" for _ in range(2)]
+    workers = []
+    for index, folder in enumerate((chief, other)):
+        worker_env = {**env, "TF_CONFIG": tf_config(addresses, index)}
+        log = (tmp_path / f"worker{index}.log").open("w")
+        workers.append(
+            subprocess.Popen([str(BIN / "hvae"), "train"], cwd=folder, env=worker_env,
+                             stdout=log, stderr=subprocess.STDOUT)
+        )  # fmt: skip
+    try:
+        codes = [w.wait(timeout=600) for w in workers]
+    finally:
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+    logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], "\n\n".join(log[-3000:] for log in logs)
+    for index, log in enumerate(logs):
+        assert f"worker {index} of 2 tasks, 2 replicas" in log, log[-3000:]
+    digests = [re.findall(r"weights ([0-9a-f]{16})", log) for log in logs]
+    assert len(digests[0]) == 1 and digests[0] == digests[1], digests
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{chief / 'mlflow.db'}")
+    (experiment,) = [e for e in client.search_experiments() if e.name == "hvae-mnist"]
+    (run,) = client.search_runs([experiment.experiment_id])
+    assert run.info.status == "FINISHED"
+    assert run.data.params["train.strategy"] == "multi_worker"
+    assert run.data.tags["replicas"] == "2"
+    # train.batch_size is global: 50 000 images / 250 per step, split over both workers.
+    steps = [m.step for m in client.get_metric_history(run.info.run_id, "step/loss")]
+    assert max(steps) == 50_000 // settings["train.batch_size"], steps
+    assert (chief / "models/model.weights.h5").is_file()
+    written = sorted(p.name for p in other.iterdir())
+    assert written == ["data", "dvc.yaml", "params.yaml"], written
+    seconds = re.findall(r"\d+/\d+ - (\d+)s", logs[0])
+    print(f"two workers, tiny config: one epoch in {seconds} s")

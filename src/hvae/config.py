@@ -74,7 +74,7 @@ class TrainParams(_Section):
     probe_every_epochs: int = Field(10, ge=0)
     probe_images: int = Field(1000, ge=1)
     probe_iw_samples: int = Field(100, ge=1)
-    strategy: Literal["auto", "mirrored", "one_device"] = "auto"
+    strategy: Literal["auto", "mirrored", "multi_worker", "one_device"] = "auto"
 
     @model_validator(mode="after")
     def _skip_above_clip(self) -> TrainParams:

@@ -6,6 +6,7 @@ carries on from the last completed epoch, in the same MLflow run (see hvae.resum
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import time
@@ -13,12 +14,12 @@ from pathlib import Path
 
 import keras
 import mlflow
+import tensorflow as tf
 
-from hvae import artifacts, atomic, paths, resume, tracking
+from hvae import artifacts, atomic, distribute, paths, resume, tracking
 from hvae.callbacks import Checkpoint, EpochRecorder, NllProbe, StopOnNonFiniteLoss
 from hvae.config import Params, flatten
 from hvae.data import pipeline, prepared
-from hvae.distribute import choose_strategy
 from hvae.model.hvae import pixel_logits
 from hvae.training import compiled_model, training_callbacks
 
@@ -55,19 +56,36 @@ def _resumable(
 
 def run(params: Params, root: Path) -> None:
     started = time.perf_counter()
-    keras.utils.set_random_seed(params.seed)
     t = params.train
+    # First: multi-worker collectives must be set up before any other TensorFlow work.
+    strategy = distribute.choose_strategy(t.strategy)
+    keras.utils.set_random_seed(params.seed)
     manifest = prepared.read_manifest(paths.PREPARED)
     train = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "train")
     valid = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "valid")
+    # train.batch_size is global: each step splits it over the replicas (of all workers),
+    # so steps per epoch, the learning rate and its schedule do not depend on their number.
     steps_per_epoch = len(train) // t.batch_size
+    print(f"train: {distribute.describe(strategy)}", flush=True)
 
-    strategy = choose_strategy(t.strategy)
     with strategy.scope():
         model = compiled_model(params, steps_per_epoch, pixel_logits(train.images))
 
-    train_ds = pipeline.train_dataset(train.images, t.batch_size, params.seed)
-    valid_ds = pipeline.eval_dataset(valid.images, t.batch_size)
+    fit = functools.partial(
+        model.fit,
+        pipeline.train_dataset(train.images, t.batch_size, params.seed),
+        validation_data=pipeline.eval_dataset(valid.images, t.batch_size),
+        epochs=t.epochs,
+        shuffle=False,  # tf.data reshuffles every epoch itself
+        # A progress bar for a person at a terminal, one line per epoch for logs and CI.
+        verbose=1 if sys.stdout.isatty() else 2,
+    )
+    if not distribute.is_chief(strategy):
+        # Another worker trains in lock step with the chief, which alone logs and writes.
+        fit(callbacks=[StopOnNonFiniteLoss(), *training_callbacks(params)])
+        print(f"train: done; weights {distribute.weights_digest(model)}", flush=True)
+        return
+    multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
     tracking.configure(root)
     experiment_id = tracking.ensure_experiment(params.experiment, root)
@@ -81,7 +99,9 @@ def run(params: Params, root: Path) -> None:
             "data": manifest["digest"],
         }
     )
-    state = _resumable(resume.load(state_path), fingerprint, state_path)
+    state = None
+    if not multi_worker:  # other workers could not restore the chief's saved state
+        state = _resumable(resume.load(state_path), fingerprint, state_path)
     with mlflow.start_run(
         run_id=state.run_id if state else None,
         experiment_id=None if state else experiment_id,
@@ -97,6 +117,7 @@ def run(params: Params, root: Path) -> None:
                 "data_digest": manifest["digest"],
                 "params_digest": prepared.json_digest(flatten(params)),
                 "replicas": str(strategy.num_replicas_in_sync),
+                "strategy": type(strategy).__name__,
             }
         )
         mlflow.log_param("model.parameters", model.count_params())
@@ -120,6 +141,8 @@ def run(params: Params, root: Path) -> None:
             # Keras swaps the averaged weights in and out around each epoch's end, so a
             # saved state would hold them swapped; not supported yet.
             print("train: no resume checkpoints with train.ema_decay > 0", flush=True)
+        elif multi_worker:
+            print("train: no resume checkpoints with train.strategy multi_worker", flush=True)
         else:
             saver = resume.ResumeCheckpoint(
                 state_path, fingerprint, run.info.run_id, checkpoint, recorder, probe
@@ -139,16 +162,8 @@ def run(params: Params, root: Path) -> None:
             *([probe] if probe else []),
             *([saver] if saver else []),  # last: it saves what the others recorded
         ]
-        model.fit(
-            train_ds,
-            validation_data=valid_ds,
-            epochs=t.epochs,
-            initial_epoch=state.epoch if state else 0,
-            callbacks=callbacks,
-            shuffle=False,  # tf.data reshuffles every epoch itself
-            # A progress bar for a person at a terminal, one line per epoch for logs and CI.
-            verbose=1 if sys.stdout.isatty() else 2,
-        )
+        fit(initial_epoch=state.epoch if state else 0, callbacks=callbacks)
+        digest = distribute.weights_digest(model)
         artifacts.save_config(model, paths.MODELS)
         if not t.probe_every_epochs:  # the stage's declared out exists either way
             atomic.write_text(paths.TIME_TO_QUALITY, "epoch,train_seconds,val_nll\n")
@@ -164,5 +179,6 @@ def run(params: Params, root: Path) -> None:
         mlflow.log_artifact(str(paths.TIME_TO_QUALITY))
     print(
         f"train: best validation ELBO {checkpoint.best_value:.2f} nats at epoch "
-        f"{checkpoint.best_epoch}/{t.epochs}; {seconds:.0f} s; run {run.info.run_id}"
+        f"{checkpoint.best_epoch}/{t.epochs}; {seconds:.0f} s; run {run.info.run_id}; "
+        f"weights {digest}"
     )
