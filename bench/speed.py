@@ -4,7 +4,8 @@
 
 Prints (1) examples/s of the project's compiled train step and of the seed notebook's eager
 GradientTape loop (batch 64), and their ratio; (2) model FLOP utilisation: the train step's
-achieved FLOP/s against this machine's float32 matmul throughput measured just before.
+achieved FLOP/s against this machine's matmul throughput, measured in the same rounds, in the
+train step's compute dtype (train.precision) and, if that is not float32, in float32 too.
 Both ratios come from one run, so a busy shared machine slows numerator and denominator alike.
 """
 
@@ -32,10 +33,10 @@ def compiled_examples_per_second(model, data: tf.data.Dataset, batch: int, steps
     return steps * batch / (time.perf_counter() - started)
 
 
-def matmul_flops_per_second(n: int = 2048, repeats: int = 20) -> float:
-    """Sustained float32 matmul throughput, the machine's practical peak."""
-    a = tf.random.normal((n, n))
-    b = tf.random.normal((n, n))
+def matmul_flops_per_second(dtype: str = "float32", n: int = 2048, repeats: int = 20) -> float:
+    """Sustained matmul throughput in `dtype`, the machine's practical peak."""
+    a = tf.cast(tf.random.normal((n, n)), dtype)
+    b = tf.cast(tf.random.normal((n, n)), dtype)
 
     @tf.function
     def chain():
@@ -76,25 +77,35 @@ def main() -> None:
     compiled_examples_per_second(model, data, batch, 5 * params.train.steps_per_execution)
 
     # Interleaved rounds, so a neighbour's load slows every measurement alike; medians.
-    ours, seed, peak = [], [], []
+    # The train step's matmuls run in its compute dtype (train.precision), so its utilisation
+    # is against that dtype's peak; the float32 peak is measured as well for comparison.
+    compute = model.compute_dtype
+    peak_dtypes = ["float32"] if compute == "float32" else ["float32", compute]
+    ours, seed, peaks = [], [], {d: [] for d in peak_dtypes}
     for _ in range(args.rounds):
         ours.append(compiled_examples_per_second(model, data, batch, args.steps))
         seed.append(eager_examples_per_second(images / 255.0, steps=args.steps))
-        peak.append(matmul_flops_per_second())
-    ours_eps, seed_eps, peak_flops = (float(np.median(v)) for v in (ours, seed, peak))
+        for dtype in peak_dtypes:
+            peaks[dtype].append(matmul_flops_per_second(dtype))
+    ours_eps, seed_eps = float(np.median(ours)), float(np.median(seed))
+    peak = {d: float(np.median(v)) for d, v in peaks.items()}
     print(f"threads: {tf.config.threading.get_intra_op_parallelism_threads() or os.cpu_count()}")
     print(f"rounds: {args.rounds}, {args.steps} steps each; medians below")
-    for i, (o, e, f) in enumerate(zip(ours, seed, peak, strict=True), start=1):
-        print(f"  round {i}: project {o:.0f} ex/s, seed {e:.0f} ex/s, matmul {f / 1e9:.0f} GFLOP/s")
-    print(f"train throughput, project (compiled, batch {batch}): {ours_eps:10.0f} examples/s")
-    print(f"train throughput, seed loop (eager, batch 64):     {seed_eps:10.0f} examples/s")
+    for i, (o, e) in enumerate(zip(ours, seed, strict=True)):
+        matmul = ", ".join(f"{d} {peaks[d][i] / 1e9:.0f}" for d in peak_dtypes)
+        print(f"  round {i + 1}: project {o:.0f} ex/s, seed {e:.0f} ex/s, matmul GFLOP/s {matmul}")
+    print(f"train throughput, project (compiled, batch {batch}, {params.train.precision}): "
+          f"{ours_eps:10.0f} examples/s")  # fmt: skip
+    print(f"train throughput, seed loop (eager, batch 64, float32): {seed_eps:10.0f} examples/s")
     print(f"ratio project / seed: {ours_eps / seed_eps:.1f}x")
 
     per_example = train_step_flops_per_example(model)
     achieved = ours_eps * per_example
     print(f"train step: {per_example / 1e6:.2f} MFLOP per example, {achieved / 1e9:.1f} GFLOP/s")
-    print(f"float32 matmul peak (2048^3, measured now): {peak_flops / 1e9:.1f} GFLOP/s")
-    print(f"model FLOP utilisation: {100 * achieved / peak_flops:.0f} %")
+    for dtype in reversed(peak_dtypes):
+        utilisation = 100 * achieved / peak[dtype]
+        print(f"{dtype} matmul peak (2048^3, measured now): {peak[dtype] / 1e9:.1f} GFLOP/s; "
+              f"model FLOP utilisation against it: {utilisation:.0f} %")  # fmt: skip
 
 
 if __name__ == "__main__":

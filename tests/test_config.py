@@ -130,6 +130,7 @@ def test_unknown_key_without_a_close_match_lists_valid_keys(tmp_path: Path) -> N
         ("model:\n  latent_dims: 8\n", "model.latent_dims"),
         ("model:\n  latent_dims: [8, x]\n", "model.latent_dims.1"),
         ("train:\n  strategy: tpu\n", "train.strategy"),
+        ("train:\n  precision: float16\n", "train.precision"),
         ("train: 5\n", "train"),
     ],
 )

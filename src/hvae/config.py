@@ -75,6 +75,8 @@ class TrainParams(_Section):
     probe_images: int = Field(1000, ge=1)
     probe_iw_samples: int = Field(100, ge=1)
     strategy: Literal["auto", "mirrored", "multi_worker", "one_device"] = "auto"
+    # Compute dtype of training; weights, losses and evaluation are float32 either way.
+    precision: Literal["float32", "mixed_bfloat16"] = "float32"
 
     @model_validator(mode="after")
     def _skip_above_clip(self) -> TrainParams:

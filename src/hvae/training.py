@@ -30,6 +30,7 @@ def compiled_model(
         skip_grad_norm=t.skip_grad_norm,
         output_bias=output_bias,
         seed=params.seed,
+        dtype=t.precision,
     )
     schedule = keras.optimizers.schedules.CosineDecay(
         t.learning_rate, decay_steps=t.epochs * steps_per_epoch, alpha=t.lr_min_ratio

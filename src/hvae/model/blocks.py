@@ -1,4 +1,8 @@
-"""Building blocks: MLP residual blocks and diagonal-Gaussian heads."""
+"""Building blocks: MLP residual blocks and diagonal-Gaussian heads.
+
+Each block hands its own dtype policy to its Dense layers (keras does not pass it down), so
+a model built with dtype="mixed_bfloat16" runs every matmul in bfloat16.
+"""
 
 from __future__ import annotations
 
@@ -15,9 +19,11 @@ class ResidualBlock(keras.layers.Layer):
 
     def __init__(self, width: int, **kwargs):
         super().__init__(**kwargs)
-        self.inner = keras.layers.Dense(width, activation="swish")
+        self.inner = keras.layers.Dense(width, activation="swish", dtype=self.dtype_policy)
         self.outer = keras.layers.Dense(
-            width, kernel_initializer=keras.initializers.VarianceScaling(0.1)
+            width,
+            kernel_initializer=keras.initializers.VarianceScaling(0.1),
+            dtype=self.dtype_policy,
         )
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
@@ -25,18 +31,24 @@ class ResidualBlock(keras.layers.Layer):
 
 
 class GaussianHead(keras.layers.Layer):
-    """Maps features to (mu, sigma) of a diagonal Gaussian through one hidden layer."""
+    """Maps features to (mu, sigma) of a diagonal Gaussian through one hidden layer.
+
+    mu and sigma are float32 whatever the compute dtype: KL terms, log-densities and the
+    reparameterised draws need the precision, and cost little.
+    """
 
     def __init__(self, width: int, dim: int, min_sigma: float, **kwargs):
         super().__init__(**kwargs)
-        self.hidden = keras.layers.Dense(width, activation="swish")
+        self.hidden = keras.layers.Dense(width, activation="swish", dtype=self.dtype_policy)
         self.params = keras.layers.Dense(
-            2 * dim, kernel_initializer=keras.initializers.VarianceScaling(0.1)
+            2 * dim,
+            kernel_initializer=keras.initializers.VarianceScaling(0.1),
+            dtype=self.dtype_policy,
         )
         self.dim = dim
         self.min_sigma = min_sigma
 
     def call(self, h: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        mu, raw = tf.split(self.params(self.hidden(h)), 2, axis=-1)
+        mu, raw = tf.split(tf.cast(self.params(self.hidden(h)), "float32"), 2, axis=-1)
         # softplus keeps sigma positive without exp's overflow; the floor keeps log(sigma) finite.
         return mu, tf.math.softplus(raw + 0.5413) + self.min_sigma  # softplus(0.5413) = 1

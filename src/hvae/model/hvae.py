@@ -44,15 +44,16 @@ class TopDownLayer(keras.layers.Layer):
         self.dim = dim
         self.top = top
         # The top prior is a fixed N(0, I); every lower prior is conditioned on z_{>l}.
-        self.prior = None if top else GaussianHead(width, dim, min_sigma)
-        self.posterior = GaussianHead(width, dim, min_sigma)
-        self.z_in = keras.layers.Dense(width)
-        self.blocks = [ResidualBlock(width) for _ in range(blocks)]
+        policy = self.dtype_policy
+        self.prior = None if top else GaussianHead(width, dim, min_sigma, dtype=policy)
+        self.posterior = GaussianHead(width, dim, min_sigma, dtype=policy)
+        self.z_in = keras.layers.Dense(width, dtype=policy)
+        self.blocks = [ResidualBlock(width, dtype=policy) for _ in range(blocks)]
 
     def prior_params(self, s: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         if self.prior is None:
             shape = tf.stack([tf.shape(s)[0], self.dim])
-            return tf.zeros(shape, s.dtype), tf.ones(shape, s.dtype)
+            return tf.zeros(shape, "float32"), tf.ones(shape, "float32")
         return self.prior(s)
 
     def advance(self, s: tf.Tensor, z: tf.Tensor) -> tf.Tensor:
@@ -92,13 +93,25 @@ class HierarchicalVAE(keras.Model):
         self.seed = seed
         n = len(self.latent_dims)
 
-        self.stem = keras.layers.Dense(hidden_dim, activation="swish")
+        # With dtype="mixed_bfloat16" (train.precision) the matmuls and the residual stream run in
+        # bfloat16; distribution parameters, logits and every loss term stay float32, and so do
+        # the weights. The saved config has no dtype: a loaded model computes in float32.
+        policy = self.dtype_policy
+        self.stem = keras.layers.Dense(hidden_dim, activation="swish", dtype=policy)
         # Deeper layers see deeper features: d_l comes after l+1 stacks of blocks.
         self.bottom_up = [
-            [ResidualBlock(hidden_dim) for _ in range(max(blocks_per_layer, 1))] for _ in range(n)
+            [ResidualBlock(hidden_dim, dtype=policy) for _ in range(max(blocks_per_layer, 1))]
+            for _ in range(n)
         ]
         self.top_down = [
-            TopDownLayer(hidden_dim, dim, blocks_per_layer, top=(i == n - 1), min_sigma=min_sigma)
+            TopDownLayer(
+                hidden_dim,
+                dim,
+                blocks_per_layer,
+                top=(i == n - 1),
+                min_sigma=min_sigma,
+                dtype=policy,
+            )
             for i, dim in enumerate(self.latent_dims)
         ]
         self.initial_state = self.add_weight(
@@ -115,7 +128,7 @@ class HierarchicalVAE(keras.Model):
         # Starting the output bias at logit(mean pixel) spares the first epochs from
         # learning the average digit (a trick from the IWAE and VDVAE code).
         bias = "zeros" if output_bias is None else keras.initializers.Constant(output_bias)
-        self.to_logits = keras.layers.Dense(pixels, bias_initializer=bias)
+        self.to_logits = keras.layers.Dense(pixels, bias_initializer=bias, dtype=policy)
         self.noise = keras.random.SeedGenerator(seed)
 
         self.trackers = {
@@ -189,6 +202,7 @@ class HierarchicalVAE(keras.Model):
         if batch_size is None:
             batch_size = tf.shape(features[0])[0]
         s = tf.tile(self.initial_state[None, :], tf.stack([batch_size, 1]))
+        s = tf.cast(s, self.compute_dtype)
         stats: list[LayerStats] = [None] * self.n_layers  # type: ignore[list-item]
         for i in reversed(range(self.n_layers)):
             layer = self.top_down[i]
@@ -207,7 +221,8 @@ class HierarchicalVAE(keras.Model):
                 z = mu + sigma * keras.random.normal(tf.shape(mu), seed=self.noise)
             stats[i] = LayerStats(z, q_mu, q_sigma, p_mu, p_sigma)
             s = layer.advance(s, z)
-        return self.to_logits(keras.activations.swish(s)), stats
+        logits = self.to_logits(keras.activations.swish(s))
+        return tf.cast(logits, "float32"), stats
 
     def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:
         """Reconstruction logits of x through one posterior sample."""
