@@ -39,8 +39,14 @@ def free_bits_kl(kl_per_unit: tf.Tensor, free_bits: float) -> tf.Tensor:
 
 
 def bernoulli_log_prob(x: tf.Tensor, logits: tf.Tensor) -> tf.Tensor:
-    """log Bernoulli(x; sigmoid(logits)), written with softplus for stability."""
-    return -tf.reduce_sum(tf.nn.sigmoid_cross_entropy_with_logits(labels=x, logits=logits), -1)
+    """log Bernoulli(x; sigmoid(logits)) of binary pixels x in {0, 1}.
+
+    For binary x, -log p = softplus(l) if x = 0 and softplus(-l) if x = 1, i.e.
+    softplus((1 - 2x) * l): no cancellation for large |l|, and two elementwise ops forward and
+    two backward where sigmoid_cross_entropy_with_logits takes about ten. On the 784 pixels of
+    a training batch that was ~6 % of the CPU train step (bench.speed).
+    """
+    return -tf.reduce_sum(tf.math.softplus((1.0 - 2.0 * x) * logits), -1)
 
 
 def importance_weighted_bound(log_weights: tf.Tensor, axis: int = -1) -> tf.Tensor:
