@@ -94,7 +94,7 @@ def main() -> None:
     for i, (o, e) in enumerate(zip(ours, seed, strict=True)):
         matmul = ", ".join(f"{d} {peaks[d][i] / 1e9:.0f}" for d in peak_dtypes)
         print(f"  round {i + 1}: project {o:.0f} ex/s, seed {e:.0f} ex/s, matmul GFLOP/s {matmul}")
-    print(f"train throughput, project (compiled, batch {batch}, {params.train.precision}): "
+    print(f"train throughput, project (compiled, batch {batch}, {compute}): "
           f"{ours_eps:10.0f} examples/s")  # fmt: skip
     print(f"train throughput, seed loop (eager, batch 64, float32): {seed_eps:10.0f} examples/s")
     print(f"ratio project / seed: {ours_eps / seed_eps:.1f}x")

@@ -131,6 +131,7 @@ def test_unknown_key_without_a_close_match_lists_valid_keys(tmp_path: Path) -> N
         ("model:\n  latent_dims: [8, x]\n", "model.latent_dims.1"),
         ("train:\n  strategy: tpu\n", "train.strategy"),
         ("train:\n  precision: float16\n", "train.precision"),
+        ("model:\n  activation: gelu\n", "model.activation"),
         ("train: 5\n", "train"),
     ],
 )

@@ -35,6 +35,20 @@ def test_build_creates_every_weight(tiny: SimpleNamespace) -> None:
     assert [w.shape for w in twin.weights] == [w.shape for w in model.weights]
 
 
+def test_activation_is_part_of_the_config() -> None:
+    keras.utils.set_random_seed(2)
+    relu = build_model({**TINY, "activation": "relu"})
+    assert relu.get_config()["activation"] == "relu"
+    assert relu.stem.activation is keras.activations.relu
+    assert build_model(relu.get_config()).stem.activation is keras.activations.relu
+    # model.json files written before the knob existed have no key: those models used swish.
+    assert build_model(TINY).stem.activation is keras.activations.swish
+    x = tf.constant((np.random.default_rng(2).random((BATCH, 784)) < 0.3).astype("float32"))
+    swish = build_model(TINY)
+    swish.set_weights(relu.get_weights())
+    assert not np.allclose(relu.reconstruct(x).numpy(), swish.reconstruct(x).numpy())
+
+
 def test_output_bias_starts_at_the_given_logits() -> None:
     bias = np.linspace(-3.0, 3.0, 784).astype("float32")
     model = build_model(TINY, output_bias=bias)

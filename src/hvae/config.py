@@ -49,6 +49,9 @@ class ModelParams(_Section):
     hidden_dim: int = Field(256, ge=8)
     blocks_per_layer: int = Field(1, ge=0)
     min_sigma: float = Field(1e-3, gt=0.0, lt=1.0)
+    # Of every hidden layer. relu's gradient is one cheap op (swish's is five), which on a CPU
+    # is a large share of a small MLP's step.
+    activation: Literal["swish", "relu", "elu"] = "swish"
 
     @model_validator(mode="after")
     def _positive_dims(self) -> ModelParams:
@@ -76,7 +79,8 @@ class TrainParams(_Section):
     probe_iw_samples: int = Field(100, ge=1)
     strategy: Literal["auto", "mirrored", "multi_worker", "one_device"] = "auto"
     # Compute dtype of training; weights, losses and evaluation are float32 either way.
-    precision: Literal["float32", "mixed_bfloat16"] = "float32"
+    # auto: mixed_bfloat16 where the hardware has bfloat16 matmuls, else float32 (hvae.precision).
+    precision: Literal["auto", "float32", "mixed_bfloat16"] = "auto"
 
     @model_validator(mode="after")
     def _skip_above_clip(self) -> TrainParams:

@@ -9,6 +9,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from hvae import precision
 from hvae.config import Params
 from hvae.model import HierarchicalVAE
 from hvae.optimizer import FusedAdam
@@ -24,13 +25,14 @@ def compiled_model(
         hidden_dim=m.hidden_dim,
         blocks_per_layer=m.blocks_per_layer,
         min_sigma=m.min_sigma,
+        activation=m.activation,
         kl_warmup_steps=t.kl_warmup_epochs * steps_per_epoch,
         free_bits=t.free_bits,
         grad_clip_norm=t.grad_clip_norm,
         skip_grad_norm=t.skip_grad_norm,
         output_bias=output_bias,
         seed=params.seed,
-        dtype=t.precision,
+        dtype=precision.resolve(t.precision),
     )
     schedule = keras.optimizers.schedules.CosineDecay(
         t.learning_rate, decay_steps=t.epochs * steps_per_epoch, alpha=t.lr_min_ratio

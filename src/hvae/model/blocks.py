@@ -11,15 +11,16 @@ import tensorflow as tf
 
 
 class ResidualBlock(keras.layers.Layer):
-    """x + W2 swish(W1 swish(x)), the MLP analogue of VDVAE's bottleneck block.
+    """x + W2 act(W1 act(x)), the MLP analogue of VDVAE's bottleneck block.
 
     The second projection starts small so a deep stack begins close to the identity
     and the residual stream does not blow up before training has begun.
     """
 
-    def __init__(self, width: int, **kwargs):
+    def __init__(self, width: int, activation: str = "swish", **kwargs):
         super().__init__(**kwargs)
-        self.inner = keras.layers.Dense(width, activation="swish", dtype=self.dtype_policy)
+        self.activation = keras.activations.get(activation)
+        self.inner = keras.layers.Dense(width, activation=activation, dtype=self.dtype_policy)
         self.outer = keras.layers.Dense(
             width,
             kernel_initializer=keras.initializers.VarianceScaling(0.1),
@@ -27,7 +28,7 @@ class ResidualBlock(keras.layers.Layer):
         )
 
     def call(self, x: tf.Tensor) -> tf.Tensor:
-        return x + self.outer(self.inner(keras.activations.swish(x)))
+        return x + self.outer(self.inner(self.activation(x)))
 
 
 class GaussianHead(keras.layers.Layer):
@@ -37,9 +38,9 @@ class GaussianHead(keras.layers.Layer):
     reparameterised draws need the precision, and cost little.
     """
 
-    def __init__(self, width: int, dim: int, min_sigma: float, **kwargs):
-        super().__init__(**kwargs)
-        self.hidden = keras.layers.Dense(width, activation="swish", dtype=self.dtype_policy)
+    def __init__(self, width: int, dim: int, min_sigma: float, activation: str = "swish", **kw):
+        super().__init__(**kw)
+        self.hidden = keras.layers.Dense(width, activation=activation, dtype=self.dtype_policy)
         self.params = keras.layers.Dense(
             2 * dim,
             kernel_initializer=keras.initializers.VarianceScaling(0.1),

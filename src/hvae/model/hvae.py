@@ -39,16 +39,28 @@ class LayerStats(NamedTuple):
 
 
 class TopDownLayer(keras.layers.Layer):
-    def __init__(self, width: int, dim: int, blocks: int, top: bool, min_sigma: float, **kw):
+    def __init__(
+        self,
+        width: int,
+        dim: int,
+        blocks: int,
+        top: bool,
+        min_sigma: float,
+        activation: str = "swish",
+        **kw,
+    ):
         super().__init__(**kw)
         self.dim = dim
         self.top = top
         # The top prior is a fixed N(0, I); every lower prior is conditioned on z_{>l}.
         policy = self.dtype_policy
-        self.prior = None if top else GaussianHead(width, dim, min_sigma, dtype=policy)
-        self.posterior = GaussianHead(width, dim, min_sigma, dtype=policy)
+        head = {"min_sigma": min_sigma, "activation": activation, "dtype": policy}
+        self.prior = None if top else GaussianHead(width, dim, **head)
+        self.posterior = GaussianHead(width, dim, **head)
         self.z_in = keras.layers.Dense(width, dtype=policy)
-        self.blocks = [ResidualBlock(width, dtype=policy) for _ in range(blocks)]
+        self.blocks = [
+            ResidualBlock(width, activation=activation, dtype=policy) for _ in range(blocks)
+        ]
 
     def prior_params(self, s: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         if self.prior is None:
@@ -71,6 +83,8 @@ class HierarchicalVAE(keras.Model):
         hidden_dim: int = 256,
         blocks_per_layer: int = 1,
         min_sigma: float = 1e-3,
+        # Models saved before this knob existed used swish, so it stays the constructor default.
+        activation: str = "swish",
         pixels: int = 784,
         kl_warmup_steps: int = 0,
         free_bits: float = 0.0,
@@ -85,6 +99,7 @@ class HierarchicalVAE(keras.Model):
         self.hidden_dim = hidden_dim
         self.blocks_per_layer = blocks_per_layer
         self.min_sigma = min_sigma
+        self.activation = activation
         self.pixels = pixels
         self.kl_warmup_steps = kl_warmup_steps
         self.free_bits = free_bits
@@ -97,10 +112,13 @@ class HierarchicalVAE(keras.Model):
         # bfloat16; distribution parameters, logits and every loss term stay float32, and so do
         # the weights. The saved config has no dtype: a loaded model computes in float32.
         policy = self.dtype_policy
-        self.stem = keras.layers.Dense(hidden_dim, activation="swish", dtype=policy)
+        self.stem = keras.layers.Dense(hidden_dim, activation=activation, dtype=policy)
         # Deeper layers see deeper features: d_l comes after l+1 stacks of blocks.
         self.bottom_up = [
-            [ResidualBlock(hidden_dim, dtype=policy) for _ in range(max(blocks_per_layer, 1))]
+            [
+                ResidualBlock(hidden_dim, activation=activation, dtype=policy)
+                for _ in range(max(blocks_per_layer, 1))
+            ]
             for _ in range(n)
         ]
         self.top_down = [
@@ -110,6 +128,7 @@ class HierarchicalVAE(keras.Model):
                 blocks_per_layer,
                 top=(i == n - 1),
                 min_sigma=min_sigma,
+                activation=activation,
                 dtype=policy,
             )
             for i, dim in enumerate(self.latent_dims)
@@ -163,6 +182,7 @@ class HierarchicalVAE(keras.Model):
             "hidden_dim": self.hidden_dim,
             "blocks_per_layer": self.blocks_per_layer,
             "min_sigma": self.min_sigma,
+            "activation": self.activation,
             "pixels": self.pixels,
             "kl_warmup_steps": self.kl_warmup_steps,
             "free_bits": self.free_bits,
@@ -221,7 +241,7 @@ class HierarchicalVAE(keras.Model):
                 z = mu + sigma * keras.random.normal(tf.shape(mu), seed=self.noise)
             stats[i] = LayerStats(z, q_mu, q_sigma, p_mu, p_sigma)
             s = layer.advance(s, z)
-        logits = self.to_logits(keras.activations.swish(s))
+        logits = self.to_logits(keras.activations.get(self.activation)(s))
         return tf.cast(logits, "float32"), stats
 
     def call(self, x: tf.Tensor, training: bool = False) -> tf.Tensor:

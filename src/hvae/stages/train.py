@@ -66,10 +66,10 @@ def run(params: Params, root: Path) -> None:
     # train.batch_size is global: each step splits it over the replicas (of all workers),
     # so steps per epoch, the learning rate and its schedule do not depend on their number.
     steps_per_epoch = len(train) // t.batch_size
-    print(f"train: {distribute.describe(strategy)}", flush=True)
-
     with strategy.scope():
         model = compiled_model(params, steps_per_epoch, pixel_logits(train.images))
+    # train.precision auto depends on the hardware: say what it became.
+    print(f"train: {distribute.describe(strategy)}, {model.dtype_policy.name}", flush=True)
 
     fit = functools.partial(
         model.fit,
@@ -118,6 +118,7 @@ def run(params: Params, root: Path) -> None:
                 "params_digest": prepared.json_digest(flatten(params)),
                 "replicas": str(strategy.num_replicas_in_sync),
                 "strategy": type(strategy).__name__,
+                "precision": model.dtype_policy.name,
             }
         )
         mlflow.log_param("model.parameters", model.count_params())
