@@ -12,26 +12,9 @@ Two scores, as in Havtorn et al. (2021), "Hierarchical VAEs Know What They Don't
 from __future__ import annotations
 
 import numpy as np
-import tensorflow as tf
 
+from hvae.evaluation import iw_log_likelihood
 from hvae.model import HierarchicalVAE
-
-
-def iw_bound(
-    model: HierarchicalVAE,
-    images: np.ndarray,
-    samples: int,
-    batch_size: int,
-    chunk: int,
-    prior_layers: int = 0,
-) -> np.ndarray:
-    """Per-image importance-weighted bound: log p(x) estimate, or L>k with prior_layers=k."""
-    flat = images.reshape(len(images), -1).astype(np.float32)
-    parts = []
-    for start in range(0, len(flat), batch_size):
-        x = tf.constant(flat[start : start + batch_size])
-        parts.append(model.iw_log_likelihood(x, samples, chunk, prior_layers).numpy())
-    return np.concatenate(parts)
 
 
 def likelihood_score(log_px: np.ndarray) -> np.ndarray:
@@ -44,8 +27,8 @@ def llr_scores(
     """LLR>k per image for every k = 1..L-1, both bounds estimated with `samples`
     importance samples (with samples=1 they are the plain ELBO and L>k)."""
     chunk = min(chunk, samples)
-    bound = iw_bound(model, images, samples, batch_size, chunk)
+    bound = iw_log_likelihood(model, images, samples, batch_size, chunk)
     return {
-        k: bound - iw_bound(model, images, samples, batch_size, chunk, prior_layers=k)
+        k: bound - iw_log_likelihood(model, images, samples, batch_size, chunk, prior_layers=k)
         for k in range(1, model.n_layers)
     }

@@ -9,7 +9,7 @@ from __future__ import annotations
 import difflib
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -24,12 +24,13 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-DATASETS = ("mnist", "fashion-mnist")
+Dataset = Literal["mnist", "fashion-mnist"]
+DATASETS: tuple[str, ...] = get_args(Dataset)
 
 
 class DataParams(_Section):
     # Trained on; the other of the two is the out-of-distribution set evaluate scores.
-    dataset: Literal["mnist", "fashion-mnist"] = "mnist"
+    dataset: Dataset = "mnist"
 
     @property
     def ood_dataset(self) -> str:

@@ -53,9 +53,18 @@ def active_units(
 
 
 def iw_log_likelihood(
-    model: HierarchicalVAE, images: np.ndarray, k: int, batch_size: int, chunk: int
+    model: HierarchicalVAE,
+    images: np.ndarray,
+    k: int,
+    batch_size: int,
+    chunk: int,
+    prior_layers: int = 0,
 ) -> np.ndarray:
-    """Per-image importance-weighted estimate of log p(x) with k samples."""
+    """Per-image importance-weighted estimate of log p(x) with k samples, or of the bound
+    L>j with prior_layers=j (see HierarchicalVAE.log_weights)."""
     return np.concatenate(
-        [model.iw_log_likelihood(x, k, chunk).numpy() for x in _batches(images, batch_size)]
+        [
+            model.iw_log_likelihood(x, k, chunk, prior_layers).numpy()
+            for x in _batches(images, batch_size)
+        ]
     )

@@ -19,7 +19,9 @@ class HVAEScorer:
     """Per-image scores: ELBO and importance-weighted log-likelihood (higher = more typical)."""
 
     def __init__(self, model_dir: str | Path):
-        self.model = _load_any_version(Path(model_dir))
+        from hvae.artifacts import load_model
+
+        self.model = load_model(Path(model_dir))
         # Scores are Monte Carlo estimates. Restarting the sampler at every call makes them
         # a function of the input alone: the same rows give the same numbers in-process,
         # behind `mlflow models serve`, today and after a restart.
@@ -50,39 +52,6 @@ class HVAEScorer:
         elbo = -(recon + tf.add_n(kls))
         iw = self.model.iw_log_likelihood(x, k, chunk=min(k, 100))
         return pd.DataFrame({"elbo": elbo.numpy(), "iw_log_likelihood": iw.numpy()})
-
-
-def _load_any_version(model_dir: Path):
-    """The model of any registered version, also those saved before the model had its
-    `skipped_last` state (hvae-mnist versions 1-8): loading them must keep working."""
-    import json
-
-    import tensorflow as tf
-
-    from hvae.artifacts import CONFIG, WEIGHTS, load_model
-    from hvae.errors import DataError
-    from hvae.model import HierarchicalVAE
-
-    try:
-        return load_model(model_dir)
-    except DataError as exc:
-        if "skipped_last" not in str(exc):
-            raise
-
-    class SavedBeforeSkipState(HierarchicalVAE):
-        def load_own_variables(self, store) -> None:
-            if len(store.keys()) == 1:  # initial_state only; skipped_last keeps its 0
-                self.initial_state.assign(store["0"])
-                return
-            super().load_own_variables(store)
-
-    model = SavedBeforeSkipState(**json.loads((model_dir / CONFIG).read_text()))
-    model(tf.zeros((1, model.pixels)))
-    try:
-        model.load_weights(model_dir / WEIGHTS)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{model_dir / WEIGHTS}: cannot load weights ({exc})") from None
-    return model
 
 
 def _load_pyfunc(data_path: str) -> HVAEScorer:

@@ -155,6 +155,14 @@ class HierarchicalVAE(keras.Model):
             for name in [*self.bound_names, "beta", "grad_norm", "skip_rate"]
         }
 
+    def load_own_variables(self, store) -> None:
+        # Weights saved before the model had its skip state (hvae-mnist versions 1-8) hold
+        # initial_state alone; skipped_last then keeps its initial 0.
+        if len(store.keys()) == 1:
+            self.initial_state.assign(store["0"])
+            return
+        super().load_own_variables(store)
+
     def build(self, input_shape) -> None:
         # Sublayers create their weights on first use: one pass on a dummy batch makes them all.
         self.decode(self.encode(tf.zeros((1, self.pixels))))
