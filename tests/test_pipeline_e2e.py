@@ -38,6 +38,8 @@ TINY = [
     "evaluate.llr_samples=4",
     "evaluate.probe_repeats=1",
     "model.hidden_dim=32",
+    # Three layers, whatever the default's depth: the checks below name z1..z3, LLR>1, LLR>2.
+    "model.latent_dims=[32,16,8]",
     "train.batch_size=250",
     "train.kl_warmup_epochs=1",
     "train.log_every_steps=100",
