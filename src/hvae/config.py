@@ -50,8 +50,8 @@ class ModelParams(_Section):
     hidden_dim: int = Field(256, ge=8)
     blocks_per_layer: int = Field(1, ge=0)
     min_sigma: float = Field(1e-3, gt=0.0, lt=1.0)
-    # Of every hidden layer. relu's gradient is one cheap op (swish's is five), which on a CPU
-    # is a large share of a small MLP's step.
+    # Of every hidden layer. ELU's and ReLU's gradients are one op each, swish's about five: on
+    # a CPU that is a large share of a small MLP's step (README: What was tried).
     activation: Literal["swish", "relu", "elu"] = "swish"
 
     @model_validator(mode="after")
