@@ -99,3 +99,65 @@ def test_a_server_that_answers_is_reachable(status: int) -> None:
 def test_local_stores_need_no_server() -> None:
     tracking.check_reachable("sqlite:////nonexistent/mlflow.db")
     tracking.check_reachable("file:///nonexistent/mlruns")
+
+
+def test_ensure_experiment_survives_a_concurrent_create(tmp_path: Path, monkeypatch) -> None:
+    """Two queued experiments start together: both see no experiment, one creates it first."""
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv(tracking.TRACKING_ENV, raising=False)
+    tracking.configure(tmp_path)
+    winner = MlflowClient().create_experiment("hvae-race")  # the other process, just before
+    looked_up = MlflowClient.get_experiment_by_name
+    calls = []
+
+    def stale_first_lookup(self, name):
+        calls.append(name)
+        return None if len(calls) == 1 else looked_up(self, name)
+
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", stale_first_lookup)
+    assert tracking.ensure_experiment("hvae-race", tmp_path) == winner
+    assert len(calls) == 2
+    # Any other failure to create still surfaces.
+    monkeypatch.setattr(MlflowClient, "get_experiment_by_name", lambda self, name: None)
+    monkeypatch.setattr(
+        MlflowClient,
+        "create_experiment",
+        lambda self, *a, **k: (_ for _ in ()).throw(MlflowException("boom")),
+    )
+    with pytest.raises(MlflowException, match="boom"):
+        tracking.ensure_experiment("hvae-other", tmp_path)
+
+
+def test_training_data_survives_a_concurrent_insert(tmp_path: Path, monkeypatch) -> None:
+    """The slower of two runs logging the same dataset at once fails on the unique key once."""
+    import mlflow
+    import numpy as np
+    from mlflow.exceptions import MlflowException
+
+    monkeypatch.delenv(tracking.TRACKING_ENV, raising=False)
+    tracking.configure(tmp_path)
+    images, labels = np.zeros((4, 784), np.uint8), np.arange(4, dtype=np.uint8)
+    real = mlflow.log_input
+    calls = []
+
+    def lose_the_race_once(dataset, context):
+        calls.append(context)
+        if len(calls) == 1:
+            raise MlflowException("(sqlite3.IntegrityError) UNIQUE constraint failed: datasets")
+        return real(dataset, context=context)
+
+    monkeypatch.setattr(mlflow, "log_input", lose_the_race_once)
+    experiment = tracking.ensure_experiment("hvae-data", tmp_path)
+    with mlflow.start_run(experiment_id=experiment) as run:
+        tracking.log_training_data("mnist-train", "0123456789abcdef", images, labels)
+    assert calls == ["training", "training"]
+    (logged,) = mlflow.get_run(run.info.run_id).inputs.dataset_inputs
+    assert (logged.dataset.name, logged.dataset.digest) == ("mnist-train", "0123456789abcdef")
+
+    monkeypatch.setattr(
+        mlflow, "log_input", lambda *a, **k: (_ for _ in ()).throw(MlflowException("boom"))
+    )
+    with mlflow.start_run(experiment_id=experiment), pytest.raises(MlflowException, match="boom"):
+        tracking.log_training_data("mnist-train", "0123456789abcdef", images, labels)

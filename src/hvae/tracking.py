@@ -17,6 +17,9 @@ import urllib.request
 from pathlib import Path
 
 import mlflow
+import numpy as np
+from mlflow.exceptions import MlflowException
+from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
 from hvae import atomic
@@ -85,7 +88,34 @@ def ensure_experiment(name: str, root: Path) -> str:
     if experiment is not None:
         return experiment.experiment_id
     location = None if os.environ.get(TRACKING_ENV) else (root / "mlartifacts").as_uri()
-    return client.create_experiment(name, artifact_location=location)
+    try:
+        return client.create_experiment(name, artifact_location=location)
+    except MlflowException as exc:
+        # Two queued experiments starting together both find no experiment; the loser of
+        # the race uses the one the winner created.
+        if exc.error_code != ErrorCode.Name(RESOURCE_ALREADY_EXISTS):
+            raise
+        experiment = client.get_experiment_by_name(name)
+        if experiment is None:
+            raise
+        return experiment.experiment_id
+
+
+def log_training_data(name: str, digest: str, images: np.ndarray, labels: np.ndarray) -> None:
+    """Record the training set as the run's input (name, digest, schema and shape).
+
+    MLflow's store looks a dataset up, then inserts it: two queued runs logging the same
+    data at once can both miss it, and the slower insert fails on the unique key. A second
+    call finds the row and only links it to this run.
+    """
+    dataset = mlflow.data.from_numpy(images, targets=labels, name=name, digest=digest)
+    try:
+        mlflow.log_input(dataset, context="training")
+    except MlflowException as exc:
+        message = str(exc).lower()
+        if "unique" not in message and "duplicate" not in message:
+            raise
+        mlflow.log_input(dataset, context="training")
 
 
 def git_commit(root: Path) -> str | None:

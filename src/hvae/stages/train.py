@@ -24,16 +24,6 @@ from hvae.model.hvae import pixel_logits
 from hvae.training import compiled_model, training_callbacks
 
 
-def _log_dataset(manifest: dict, train: prepared.Split) -> None:
-    dataset = mlflow.data.from_numpy(
-        train.flat(),
-        targets=train.labels,
-        name=f"{manifest['dataset']}-train",
-        digest=manifest["digest"][:16],
-    )
-    mlflow.log_input(dataset, context="training")
-
-
 def _resumable(
     state: resume.ResumeState | None, fingerprint: str, path: Path
 ) -> resume.ResumeState | None:
@@ -122,7 +112,9 @@ def run(params: Params, root: Path) -> None:
             }
         )
         mlflow.log_param("model.parameters", model.count_params())
-        _log_dataset(manifest, train)
+        tracking.log_training_data(
+            f"{manifest['dataset']}-train", manifest["digest"][:16], train.flat(), train.labels
+        )
 
         checkpoint = Checkpoint(best=paths.MODELS / artifacts.WEIGHTS)
         checkpoint.set_model(model)
