@@ -108,7 +108,10 @@ def test_ensure_experiment_survives_a_concurrent_create(tmp_path: Path, monkeypa
 
     monkeypatch.delenv(tracking.TRACKING_ENV, raising=False)
     tracking.configure(tmp_path)
-    winner = MlflowClient().create_experiment("hvae-race")  # the other process, just before
+    location = tmp_path / "mlartifacts" / "race"
+    location.mkdir(parents=True)
+    # The other process, just before.
+    winner = MlflowClient().create_experiment("hvae-race", artifact_location=location.as_uri())
     looked_up = MlflowClient.get_experiment_by_name
     calls = []
 
@@ -161,3 +164,78 @@ def test_training_data_survives_a_concurrent_insert(tmp_path: Path, monkeypatch)
     )
     with mlflow.start_run(experiment_id=experiment), pytest.raises(MlflowException, match="boom"):
         tracking.log_training_data("mnist-train", "0123456789abcdef", images, labels)
+
+
+def _experiment(name: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient().get_experiment_by_name(name)
+
+
+def test_artifacts_go_under_the_repo_root_whatever_the_current_directory(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """`mlflow.set_tracking_uri` exports MLFLOW_TRACKING_URI; that is not the user's choice,
+    so a DVC temp workspace as the current directory must not get the artifacts."""
+    monkeypatch.delenv(tracking.TRACKING_ENV, raising=False)
+    repo = tmp_path / "repo"
+    workspace = repo / ".dvc" / "tmp" / "exps" / "standalone" / "tmpx1"
+    workspace.mkdir(parents=True)
+    monkeypatch.chdir(workspace)
+    uri = tracking.configure(repo)
+    assert uri == f"sqlite:///{repo}/mlflow.db"
+    assert tracking.user_tracking_uri() is None  # though the variable is now set
+    tracking.ensure_experiment("hvae-first", repo)
+    tracking.configure(repo)  # a second stage in the same process
+    tracking.ensure_experiment("hvae-second", repo)
+    for name in ("hvae-first", "hvae-second"):
+        experiment = _experiment(name)
+        assert experiment.artifact_location == (repo / "mlartifacts").resolve().as_uri()
+        assert experiment.tags["mlflow.experimentKind"] == "custom_model_development"
+    assert (repo / "mlartifacts").is_dir() and not (workspace / "mlruns").exists()
+
+
+def test_a_user_set_uri_is_still_the_users(tmp_path: Path, monkeypatch) -> None:
+    other = f"sqlite:///{tmp_path / 'elsewhere.db'}"
+    monkeypatch.setenv(tracking.TRACKING_ENV, other)
+    assert tracking.configure(tmp_path) == other
+    assert tracking.user_tracking_uri() == other
+    tracking.ensure_experiment("hvae-user", tmp_path)
+    # A store on this machine: artifacts still absolute, under the repository.
+    assert _experiment("hvae-user").artifact_location == (tmp_path / "mlartifacts").as_uri()
+
+
+def test_an_experiment_inside_a_dvc_workspace_is_refused_before_training(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv(tracking.TRACKING_ENV, raising=False)
+    tracking.configure(tmp_path)
+    doomed = tmp_path / ".dvc" / "tmp" / "exps" / "standalone" / "tmpq" / "mlruns" / "1"
+    doomed.mkdir(parents=True)
+    MlflowClient().create_experiment("hvae-doomed", artifact_location=doomed.as_uri())
+    with pytest.raises(TrackingError) as error:
+        tracking.ensure_experiment("hvae-doomed", tmp_path)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "experiment 'hvae-doomed'" in message and str(doomed) in message
+    assert "DVC temporary workspace" in message and "rename or delete" in message
+
+
+def test_an_experiment_whose_artifacts_are_gone_is_refused(tmp_path: Path, monkeypatch) -> None:
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.delenv(tracking.TRACKING_ENV, raising=False)
+    tracking.configure(tmp_path)
+    client = MlflowClient()
+    gone = tmp_path / "moved-away"
+    unused = tmp_path / "made-in-the-ui"
+    used = client.create_experiment("hvae-gone", artifact_location=gone.as_uri())
+    client.create_run(used)
+    client.create_experiment("hvae-unused", artifact_location=unused.as_uri())
+    with pytest.raises(TrackingError, match=r"'hvae-gone' .* does not exist: its runs' artifacts"):
+        tracking.ensure_experiment("hvae-gone", tmp_path)
+    # No run has stored anything there yet: nothing is lost, the folder is made.
+    tracking.ensure_experiment("hvae-unused", tmp_path)
+    assert unused.is_dir()

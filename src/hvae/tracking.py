@@ -1,8 +1,8 @@
 """Where MLflow records go, and the small git-tracked file that ties stages to one run.
 
 The default store is `sqlite:///<repo root>/mlflow.db` with artifacts in
-`<repo root>/mlartifacts`; `MLFLOW_TRACKING_URI` overrides both (a server decides its own
-artifact store). Train opens the run; evaluate and render attach to it by id.
+`<repo root>/mlartifacts`; a user's `MLFLOW_TRACKING_URI` overrides the store (a server
+decides its own artifact store). Train opens the run; evaluate and render attach to it by id.
 """
 
 from __future__ import annotations
@@ -27,6 +27,14 @@ from hvae.errors import TrackingError
 from hvae.paths import RUN_RECORD
 
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
+ARTIFACTS_DIR = "mlartifacts"
+# Experiments open in the MLflow UI's training view, not the GenAI one.
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
+_SERVER_SCHEMES = ("http", "https", "databricks")
+
+# `mlflow.set_tracking_uri` exports the URI it is given to the environment (for child
+# processes). What this module set must not pass for the user's own choice afterwards.
+_uri_set_here: str | None = None
 
 
 def project_root(start: str | Path | None = None) -> Path:
@@ -46,8 +54,18 @@ def project_root(start: str | Path | None = None) -> Path:
     return here
 
 
+def user_tracking_uri() -> str | None:
+    """MLFLOW_TRACKING_URI as the user set it, None when unset or set by `configure`."""
+    value = os.environ.get(TRACKING_ENV) or None
+    return None if value == _uri_set_here else value
+
+
 def tracking_uri(root: Path) -> str:
-    return os.environ.get(TRACKING_ENV) or f"sqlite:///{root / 'mlflow.db'}"
+    return user_tracking_uri() or f"sqlite:///{root / 'mlflow.db'}"
+
+
+def is_server(uri: str) -> bool:
+    return urllib.parse.urlparse(uri).scheme in _SERVER_SCHEMES
 
 
 def check_reachable(uri: str, timeout: float = 10.0) -> None:
@@ -74,22 +92,53 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
 
 def configure(root: Path) -> str:
     """Point MLflow at the project's store and return the URI in use."""
-    uri = tracking_uri(root)
+    global _uri_set_here
+    user = user_tracking_uri()
+    uri = user or tracking_uri(root)
     check_reachable(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
+    if user is None:
+        _uri_set_here = os.environ.get(TRACKING_ENV)
     return uri
 
 
+def artifact_root(root: Path) -> Path | None:
+    """Where a new experiment's artifacts go: absolute, under the repository root, for any
+    store on this machine; None for a server, which decides itself.
+
+    Left to MLflow, a file or SQLite store puts them in ./mlruns under the current directory,
+    which inside `dvc exp run --temp/--queue` is a workspace DVC deletes after the run.
+    """
+    return None if is_server(mlflow.get_tracking_uri()) else (root / ARTIFACTS_DIR).resolve()
+
+
 def ensure_experiment(name: str, root: Path) -> str:
-    """The experiment's id, creating it (with artifacts beside the local store) if needed."""
+    """The experiment's id, creating it (with artifacts beside the local store) if needed.
+
+    An existing experiment whose artifacts would be lost (inside a DVC temporary workspace)
+    or are gone is refused before anything trains.
+    """
     client = MlflowClient()
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return experiment.experiment_id
-    location = None if os.environ.get(TRACKING_ENV) else (root / "mlartifacts").as_uri()
+    if experiment is None:
+        experiment = _create_experiment(client, name, artifact_root(root))
+    check_artifact_location(client, experiment)
+    if not experiment.tags.get("mlflow.experimentKind"):
+        for key, value in EXPERIMENT_KIND.items():
+            client.set_experiment_tag(experiment.experiment_id, key, value)
+    return experiment.experiment_id
+
+
+def _create_experiment(client: MlflowClient, name: str, folder: Path | None):
+    location = None
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        location = folder.as_uri()
     try:
-        return client.create_experiment(name, artifact_location=location)
+        experiment_id = client.create_experiment(
+            name, artifact_location=location, tags=EXPERIMENT_KIND
+        )
     except MlflowException as exc:
         # Two queued experiments starting together both find no experiment; the loser of
         # the race uses the one the winner created.
@@ -98,7 +147,38 @@ def ensure_experiment(name: str, root: Path) -> str:
         experiment = client.get_experiment_by_name(name)
         if experiment is None:
             raise
-        return experiment.experiment_id
+        return experiment
+    return client.get_experiment(experiment_id)
+
+
+def _local_path(location: str) -> Path | None:
+    """The folder a file:// (or plain path) artifact location names; None for other schemes."""
+    parsed = urllib.parse.urlparse(location)
+    if parsed.scheme == "file":
+        return Path(urllib.parse.unquote(parsed.path))
+    if parsed.scheme == "" or len(parsed.scheme) == 1:  # a path (or a Windows drive)
+        return Path(location)
+    return None
+
+
+def check_artifact_location(client: MlflowClient, experiment) -> None:
+    """Refuse an experiment whose artifacts DVC deletes, or whose runs' artifacts are gone."""
+    folder = _local_path(experiment.artifact_location)
+    if folder is None:
+        return  # a server's or a cloud store's: not ours to check
+    folder = folder.resolve()
+    where = f"experiment '{experiment.name}' keeps its artifacts in {folder}"
+    fix = (
+        "rename or delete the experiment (`mlflow experiments rename/delete`, then `mlflow gc`) "
+        "so the next run creates it again under the repository"
+    )
+    if ".dvc/tmp/" in folder.as_posix() + "/":
+        raise TrackingError(f"{where}, a DVC temporary workspace that DVC deletes; {fix}")
+    if folder.is_dir():
+        return
+    if client.search_runs([experiment.experiment_id], max_results=1):
+        raise TrackingError(f"{where}, which does not exist: its runs' artifacts are lost; {fix}")
+    folder.mkdir(parents=True)  # made (e.g. in the UI) but never used: nothing is lost
 
 
 def log_training_data(name: str, digest: str, images: np.ndarray, labels: np.ndarray) -> None:

@@ -16,7 +16,7 @@ import keras
 import mlflow
 import tensorflow as tf
 
-from hvae import artifacts, atomic, distribute, paths, resume, tracking
+from hvae import artifacts, atomic, determinism, distribute, paths, resume, tracking
 from hvae.callbacks import Checkpoint, EpochRecorder, NllProbe, StopOnNonFiniteLoss
 from hvae.config import Params, flatten
 from hvae.data import pipeline, prepared
@@ -47,9 +47,17 @@ def _resumable(
 def run(params: Params, root: Path) -> None:
     started = time.perf_counter()
     t = params.train
-    # First: multi-worker collectives must be set up before any other TensorFlow work.
+    # First: thread settings and multi-worker collectives must be set up before any other
+    # TensorFlow work.
+    determinism.configure(t.deterministic)
     strategy = distribute.choose_strategy(t.strategy)
     keras.utils.set_random_seed(params.seed)
+    chief = distribute.is_chief(strategy)
+    if chief:
+        # Before any training: a store or experiment that would lose the run's artifacts
+        # stops the stage now, not after an hour of training.
+        tracking.configure(root)
+        experiment_id = tracking.ensure_experiment(params.experiment, root)
     manifest = prepared.read_manifest(paths.PREPARED)
     train = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "train")
     valid = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "valid")
@@ -70,15 +78,13 @@ def run(params: Params, root: Path) -> None:
         # A progress bar for a person at a terminal, one line per epoch for logs and CI.
         verbose=1 if sys.stdout.isatty() else 2,
     )
-    if not distribute.is_chief(strategy):
+    if not chief:
         # Another worker trains in lock step with the chief, which alone logs and writes.
         fit(callbacks=[StopOnNonFiniteLoss(), *training_callbacks(params)])
         print(f"train: done; weights {distribute.weights_digest(model)}", flush=True)
         return
     multi_worker = isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy)
 
-    tracking.configure(root)
-    experiment_id = tracking.ensure_experiment(params.experiment, root)
     state_path = paths.CHECKPOINTS / resume.STATE_FILE
     # What the weights depend on; evaluate/render/mlflow settings may change in between.
     fingerprint = prepared.json_digest(
