@@ -132,6 +132,8 @@ def test_unknown_key_without_a_close_match_lists_valid_keys(tmp_path: Path) -> N
         ("train:\n  strategy: tpu\n", "train.strategy"),
         ("train:\n  precision: float16\n", "train.precision"),
         ("model:\n  activation: gelu\n", "model.activation"),
+        ("promote:\n  metric: probe_z1_n100\n", "promote.metric"),
+        ("train:\n  deterministic: 1\n", "train.deterministic"),
         ("train: 5\n", "train"),
     ],
 )
@@ -226,3 +228,9 @@ def test_binary_file_instead_of_yaml(tmp_path: Path) -> None:
     path.write_bytes(b"\xff\xfe\x00 not yaml")
     with pytest.raises(ConfigError, match=re.escape(str(path))):
         load_params(path)
+
+
+def test_promote_metric_is_one_that_versions_carry(tmp_path: Path) -> None:
+    message = _error(tmp_path, "promote:\n  metric: test_bpd\n")
+    assert "'test_nll'" in message and "'ood_likelihood_auroc'" in message
+    assert "(got 'test_bpd')" in message

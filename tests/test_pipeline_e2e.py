@@ -178,6 +178,15 @@ def test_mlflow_run_and_registry(pipeline_run) -> None:
     for tag in ("git_commit", "params_digest", "data_digest"):
         assert version.tags[tag] not in ("", "unknown")
     assert (version.tags["dataset"], version.tags["ood_dataset"]) == ("mnist", "fashion-mnist")
+    # Lineage and headline metrics on the version; every metric on the run and its model.
+    assert "probe_z1_n100" not in version.tags and "ood_llr_k1_auroc" not in version.tags
+    card = (repo / "reports/model_card.md").read_text()
+    assert version.description == card
+    assert card.startswith(f"# hvae-mnist version {version.version}\n")
+    assert run_id in card and version.tags["git_commit"] in card
+    model = client.get_logged_model(run.outputs.model_outputs[0].model_id)
+    assert model.name == "hvae-mnist"
+    assert {"test/nll", "probe/z3_n100", "ood/llr_k2_auroc"} <= {m.key for m in model.metrics}
 
     artifacts = {a.path for a in client.list_artifacts(run_id, "figures")}
     assert {"figures/hierarchy.png", "figures/ood_roc.png", "figures/traversal_z3.png"} <= artifacts

@@ -106,7 +106,12 @@ def test_default_candidate_is_the_newest(store, capsys) -> None:
             ["promote", "--version", "9"],
             "version 9 of 'hvae-mnist' not found (versions: 1, 2, 3, 4)",
         ),
-        (["promote", "--version", "1", "--metric", "test_bpd"], "no numeric 'test_bpd' tag"),
+        (["promote", "--version", "1", "--metric", "test_recon"], "no numeric 'test_recon' tag"),
+        (
+            ["promote", "--version", "1", "--metric", "probe_z1_n100"],
+            "--metric: expected one of test_nll, test_elbo, test_recon, test_kl, ood_test_nll, "
+            "ood_likelihood_auroc (the metrics evaluate tags versions with); got 'probe_z1_n100'",
+        ),
         (["rollback", "--alias", "nobody"], "alias 'nobody' is not set"),
         (["promote", "--version", "1", "--margin", "-1"], "--margin: must be >= 0"),
     ],

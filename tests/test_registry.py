@@ -31,21 +31,38 @@ def registered(tmp_path_factory: pytest.TempPathFactory):
     with mlflow.start_run(experiment_id=experiment) as run:
         pass
     example = (np.random.default_rng(0).random((3, 28, 28)) < 0.3).astype(np.uint8)
-    first = registry.register("m", run.info.run_id, folder, example, {"test_nll": "90.0"})
-    again = registry.register("m", run.info.run_id, folder, example, {"test_nll": "89.0"})
-    yield SimpleRegistered(first, again, run.info.run_id)
+    logged = registry.log_model("m", run.info.run_id, folder, example)
+    registry.link_metrics(run.info.run_id, logged, {"test/nll": 90.0, "ood/llr_k1_auroc": 0.8})
+    first = registry.register("m", logged, {"test_nll": "90.0", "probe_z1_n100": "0.5"})
+    # evaluate again on the same run: the same version, its tags replaced as a whole
+    again_logged = registry.log_model("m", run.info.run_id, folder, example)
+    again = registry.register("m", again_logged, {"test_nll": "89.0"})
+    registry.describe("m", again, "# m version 1\n\nA card.")
+    yield SimpleRegistered(first, again, run.info.run_id, logged, again_logged)
     mlflow.set_tracking_uri(None)
 
 
 class SimpleRegistered:
-    def __init__(self, first: str, again: str, run_id: str):
+    def __init__(self, first: str, again: str, run_id: str, logged, again_logged):
         self.first, self.again, self.run_id = first, again, run_id
+        self.logged, self.again_logged = logged, again_logged
 
 
 def test_one_version_per_run_with_updated_tags(registered) -> None:
     assert registered.first == registered.again == "1"
     version = MlflowClient().get_model_version("m", "1")
     assert version.tags["test_nll"] == "89.0" and version.run_id == registered.run_id
+    assert "probe_z1_n100" not in version.tags
+    assert registered.again_logged.model_id == registered.logged.model_id
+    assert version.description.startswith("# m version 1")
+
+
+def test_the_logged_model_is_named_and_holds_the_metrics(registered) -> None:
+    model = MlflowClient().get_logged_model(registered.logged.model_id)
+    assert model.name == "m"
+    assert {m.key: m.value for m in model.metrics} == {"test/nll": 90.0, "ood/llr_k1_auroc": 0.8}
+    run = MlflowClient().get_run(registered.run_id)
+    assert run.data.metrics["test/nll"] == 90.0  # and on the run, as before
 
 
 def test_the_version_has_a_signature_and_an_input_example(registered) -> None:
@@ -77,3 +94,16 @@ def test_the_artifact_holds_no_pickle(registered) -> None:
     assert not [f for f in files if f.endswith((".pkl", ".pickle", ".cloudpickle"))], files
     assert {"data/hvae/model.weights.h5", "data/hvae/model.json", "MLmodel"} <= files
     assert "loader_module: hvae.pyfunc" in (local / "MLmodel").read_text()
+
+
+def test_the_artifact_carries_its_code_and_pinned_requirements(registered) -> None:
+    import importlib.metadata
+
+    local = Path(mlflow.artifacts.download_artifacts("models:/m/1"))
+    assert (local / "code/hvae/pyfunc.py").is_file() and (local / "code/hvae/model").is_dir()
+    assert not list(local.rglob("__pycache__"))
+    pins = dict(
+        line.split("==") for line in (local / "requirements.txt").read_text().split() if line
+    )
+    for package in ("mlflow", "tensorflow", "keras", "numpy", "pandas", "h5py"):
+        assert pins[package] == importlib.metadata.version(package), package

@@ -64,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _run(args: argparse.Namespace) -> int | None:
-    from hvae.config import load_params
+    from hvae.config import GATE_METRICS, load_params
     from hvae.tracking import project_root
 
     params = load_params(args.params)
@@ -74,6 +74,11 @@ def _run(args: argparse.Namespace) -> int | None:
 
         if getattr(args, "margin", None) is not None and args.margin < 0:
             raise ConfigError(f"--margin: must be >= 0 (got {args.margin})")
+        if getattr(args, "metric", None) is not None and args.metric not in GATE_METRICS:
+            raise ConfigError(
+                f"--metric: expected one of {', '.join(GATE_METRICS)} (the metrics evaluate "
+                f"tags versions with); got {args.metric!r}"
+            )
         return getattr(commands, args.command)(args, params, root)
     stage = importlib.import_module(f"hvae.stages.{args.command}")
     if args.command == "prepare":

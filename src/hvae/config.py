@@ -82,6 +82,9 @@ class TrainParams(_Section):
     # Compute dtype of training; weights, losses and evaluation are float32 either way.
     # auto: mixed_bfloat16 where the hardware has bfloat16 matmuls, else float32 (hvae.precision).
     precision: Literal["auto", "float32", "mixed_bfloat16"] = "auto"
+    # Bit-for-bit repeatable training (hvae.determinism): TensorFlow's op determinism and one
+    # inter-op thread.
+    deterministic: bool = True
 
     @model_validator(mode="after")
     def _skip_above_clip(self) -> TrainParams:
@@ -127,10 +130,17 @@ class RenderParams(_Section):
     traversal_steps: int = Field(9, ge=2, le=32)
 
 
+# The headline metrics evaluate tags every registered version with: what `hvae promote` can
+# gate on. Every other metric stays on the run (and its logged model), not on the version.
+GateMetric = Literal[
+    "test_nll", "test_elbo", "test_recon", "test_kl", "ood_test_nll", "ood_likelihood_auroc"
+]
+GATE_METRICS: tuple[str, ...] = get_args(GateMetric)
+
+
 class PromoteParams(_Section):
     alias: str = Field("champion", min_length=1)
-    # A version tag written by evaluate, e.g. test_nll or test_elbo.
-    metric: str = Field("test_nll", min_length=1)
+    metric: GateMetric = "test_nll"
     mode: Literal["min", "max"] = "min"
     # The candidate must beat the holder by at least this much (in the metric's units).
     margin: float = Field(0.0, ge=0.0)

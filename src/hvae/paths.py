@@ -14,6 +14,7 @@ RUN_RECORD = REPORTS / "mlflow_run.json"
 HISTORY = REPORTS / "train_history.csv"
 TIME_TO_QUALITY = REPORTS / "time_to_quality.csv"
 METRICS = REPORTS / "metrics.json"
+MODEL_CARD = REPORTS / "model_card.md"  # the registered version's description, too
 OOD_ROC = REPORTS / "ood_roc"  # one ROC curve (fpr, tpr) per OOD score
 FIGURES = REPORTS / "figures"
 

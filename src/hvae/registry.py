@@ -1,9 +1,18 @@
-"""Log the trained model as an MLflow model and register it as a version, once per run."""
+"""Log the trained model as an MLflow model and register it as a version, once per run.
+
+A version must load and serve outside this repository's environment: the logged model carries
+the `hvae` package code (MLflow's `code_paths`) and requirements pinned to the versions that
+trained it, so `mlflow models serve` with any env manager and `mlflow models
+generate-dockerfile` rebuild it from the artifact alone.
+"""
 
 from __future__ import annotations
 
+import importlib.metadata
 import shutil
 import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
@@ -15,6 +24,35 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import AnyType
 
 from hvae import artifacts
+from hvae.pyfunc import DEFAULT_IW_SAMPLES, HVAEScorer
+
+# What `hvae.pyfunc` imports to rebuild and run the model, and mlflow to load it.
+SERVING_PACKAGES = ("mlflow", "tensorflow", "keras", "h5py", "numpy", "pandas")
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    """The run's logged model, and its registered version once there is one."""
+
+    model_uri: str
+    model_id: str | None
+    version: str | None
+
+
+def pinned_requirements() -> list[str]:
+    """`package==version` for each serving package, as installed here (that trained it)."""
+    return [f"{name}=={importlib.metadata.version(name)}" for name in SERVING_PACKAGES]
+
+
+def _package_code(folder: Path) -> Path:
+    """A clean copy of the installed `hvae` package (no bytecode) to ship with the model."""
+    import hvae
+
+    target = folder / "hvae"
+    shutil.copytree(
+        Path(hvae.__file__).parent, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc")
+    )
+    return target
 
 
 def _existing_version(client: MlflowClient, name: str, run_id: str):
@@ -25,43 +63,71 @@ def _existing_version(client: MlflowClient, name: str, run_id: str):
 
 
 def _signature(frame: pd.DataFrame, scores: pd.DataFrame) -> ModelSignature:
-    # 784 unnamed columns of any numeric type: a DataFrame with any column names or a plain
-    # array, uint8 as well as int64 or float grey levels. MLflow would refuse int64 for
-    # 'double' columns; the scorer itself checks count, finiteness and the 0-255 range.
+    # 784 unnamed columns of any type: a DataFrame with any column names or a plain array, of
+    # uint8, int64 or float grey levels. A (-1, 784) tensor spec or `double` columns would read
+    # better, but MLflow 3.17 enforces them strictly: a tensor spec refuses any dtype but its
+    # own, and `double` refuses int64 images ("Can not safely convert int64 to float64").
+    # The scorer itself checks the count, finiteness and the 0-255 range.
     return ModelSignature(
         inputs=Schema([ColSpec(AnyType())] * frame.shape[1]),
         outputs=infer_signature(frame, scores).outputs,
-        params=ParamSchema([ParamSpec("iw_samples", "long", 100)]),
+        params=ParamSchema([ParamSpec("iw_samples", "long", DEFAULT_IW_SAMPLES)]),
     )
 
 
-def register(
-    name: str, run_id: str, model_dir: Path, example: np.ndarray, tags: dict[str, str]
-) -> str:
-    """Register the run's model as a version of `name` (reusing the run's version if any)."""
+def log_model(name: str, run_id: str, model_dir: Path, example: np.ndarray) -> LoggedModel:
+    """Log the run's model under `name` (or find the one an earlier evaluate logged)."""
     client = MlflowClient()
     version = _existing_version(client, name, run_id)
-    if version is None:
-        from hvae.pyfunc import HVAEScorer
+    if version is not None:
+        # MLflow 3 sources read models:/<model id>; older versions point at runs:/ paths.
+        model_id = getattr(version, "model_id", None)
+        if not model_id and version.source.startswith("models:/m-"):
+            model_id = version.source.removeprefix("models:/")
+        return LoggedModel(version.source, model_id, version.version)
+    frame = pd.DataFrame(example.reshape(len(example), -1).astype(np.float64) * 255.0)
+    frame.columns = [f"p{i}" for i in range(frame.shape[1])]
+    scores = HVAEScorer(model_dir).predict(frame, {"iw_samples": 4})
+    # Only the final weights and architecture go into the artifact, not the checkpoints.
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
+        data = Path(tmp) / "data" / "hvae"
+        data.mkdir(parents=True)
+        for file in (artifacts.WEIGHTS, artifacts.CONFIG):
+            shutil.copy2(model_dir / file, data / file)
+        info = mlflow.pyfunc.log_model(
+            name=name,  # the logged model is listed under the registered model's name
+            loader_module="hvae.pyfunc",
+            data_path=str(data),
+            code_paths=[str(_package_code(Path(tmp) / "code"))],
+            signature=_signature(frame, scores),
+            input_example=frame,
+            pip_requirements=pinned_requirements(),
+        )
+    return LoggedModel(info.model_uri, info.model_id, None)
 
-        frame = pd.DataFrame(example.reshape(len(example), -1).astype(np.float64) * 255.0)
-        frame.columns = [f"p{i}" for i in range(frame.shape[1])]
-        scores = HVAEScorer(model_dir).predict(frame, {"iw_samples": 4})
-        # Only the final weights and architecture go into the artifact, not the checkpoints.
-        with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
-            data = Path(tmp) / "hvae"
-            data.mkdir()
-            for file in (artifacts.WEIGHTS, artifacts.CONFIG):
-                shutil.copy2(model_dir / file, data / file)
-            info = mlflow.pyfunc.log_model(
-                name="model",
-                loader_module="hvae.pyfunc",
-                data_path=str(data),
-                signature=_signature(frame, scores),
-                input_example=frame,
-                pip_requirements=["tensorflow", "keras", "numpy", "pandas", "mlflow"],
-            )
-        version = mlflow.register_model(info.model_uri, name)
+
+def link_metrics(run_id: str, logged: LoggedModel, metrics: Mapping[str, float]) -> None:
+    """Log metrics on the run, linked to its logged model (the UI's Models view shows them)."""
+    with mlflow.start_run(run_id=run_id):
+        mlflow.log_metrics(dict(metrics), model_id=logged.model_id)
+
+
+def register(name: str, logged: LoggedModel, tags: Mapping[str, str]) -> str:
+    """Register the logged model as a version of `name` (reusing the run's version if any).
+
+    Tags are replaced as a whole, so a re-evaluated version carries no stale ones.
+    """
+    client = MlflowClient()
+    version = logged.version or mlflow.register_model(logged.model_uri, name).version
+    existing = client.get_model_version(name, version).tags
+    for key in existing.keys() - tags.keys():
+        if not key.startswith(("promotion.", "rollback.")):  # the alias history stays
+            client.delete_model_version_tag(name, version, key)
     for key, value in tags.items():
-        client.set_model_version_tag(name, version.version, key, value)
-    return str(version.version)
+        client.set_model_version_tag(name, version, key, value)
+    return str(version)
+
+
+def describe(name: str, version: str, model_card: str) -> None:
+    """The version's description: its model card (Markdown, shown on its page in the UI)."""
+    MlflowClient().update_model_version(name, version, description=model_card)

@@ -1,5 +1,8 @@
 """evaluate: score the full test set, write reports/metrics.json, register the model.
 
+The registered version's description is its model card, also written to
+reports/model_card.md.
+
 Beside the bound and the NLL: out-of-distribution detection against the other dataset's
 test set (likelihood and LLR>k, ROC curves under reports/ood_roc/) and linear probes of
 every layer's posterior means.
@@ -19,13 +22,14 @@ from hvae import (
     artifacts,
     atomic,
     evaluation,
+    model_card,
     ood,
     paths,
     registry,
     representations,
     tracking,
 )
-from hvae.config import Params, flatten
+from hvae.config import GATE_METRICS, Params, flatten
 from hvae.data import prepared
 
 
@@ -92,8 +96,13 @@ def run(params: Params, root: Path) -> None:
         for name, (fpr, tpr) in rocs.items():
             pd.DataFrame({"fpr": fpr, "tpr": tpr}).to_csv(out / f"{name}.csv", index=False)
     atomic.write_json(paths.METRICS, metrics)
+
+    name = params.registered_model
+    logged = registry.log_model(name, run_id, paths.MODELS, test.images[:5])
+    # Every metric goes on the run, linked to its logged model; the version gets lineage and
+    # the headline metrics only.
+    registry.link_metrics(run_id, logged, {_metric_key(k): v for k, v in metrics.items()})
     with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics({_metric_key(k): v for k, v in metrics.items()})
         mlflow.log_metrics(
             {
                 "time/evaluate_iw_seconds": iw_seconds,
@@ -103,9 +112,7 @@ def run(params: Params, root: Path) -> None:
         )
         mlflow.log_artifact(str(paths.METRICS))
         mlflow.log_artifacts(str(paths.OOD_ROC), artifact_path="ood_roc")
-
-    tags = {
-        **{k: f"{v:.4f}" if isinstance(v, float) else str(v) for k, v in metrics.items()},
+    lineage = {
         "dataset": manifest["dataset"],
         "ood_dataset": manifest["ood_dataset"],
         "git_commit": tracking.git_commit(root) or "unknown",
@@ -113,10 +120,21 @@ def run(params: Params, root: Path) -> None:
         "data_digest": manifest["digest"],
         "run_id": run_id,
     }
-    version = registry.register(
-        params.registered_model, run_id, paths.MODELS, test.images[:5], tags
+    headline = {k: metrics[k] for k in (*GATE_METRICS, "iw_samples")}
+    tags = {**lineage, **{k: _tag(v) for k, v in headline.items()}}
+    version = registry.register(name, logged, tags)
+    card = model_card.render(
+        model_card.Lineage(registered_model=name, version=version, **lineage),
+        architecture=model.get_config(),
+        parameters=model.count_params(),
+        key_params=_key_params(params),
+        metrics=metrics,
+        requirements=registry.pinned_requirements(),
     )
+    registry.describe(name, version, card)
+    atomic.write_text(paths.MODEL_CARD, card)
     with mlflow.start_run(run_id=run_id):
+        mlflow.log_artifact(str(paths.MODEL_CARD))
         mlflow.log_metric("time/evaluate_seconds", time.perf_counter() - started)
     print(
         f"evaluate: test NLL {metrics['test_nll']:.2f} nats (k={e.iw_samples}), "
@@ -127,9 +145,21 @@ def run(params: Params, root: Path) -> None:
         + f"; OOD ({manifest['ood_dataset']}) AUROC likelihood "
         + f"{metrics['ood_likelihood_auroc']:.3f}, "
         + ", ".join(f"LLR>{k} {metrics[f'ood_llr_k{k}_auroc']:.3f}" for k in in_llr)
-        + f"; {params.registered_model} version {version}"
+        + f"; {name} version {version}"
         + f"; {time.perf_counter() - started:.0f} s"
     )
+
+
+def _tag(value: float) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+def _key_params(params: Params) -> dict[str, object]:
+    """The params a reader of the model card wants first; all of them are on the run."""
+    flat = flatten(params)
+    keys = ["seed", "train.epochs", "train.batch_size", "train.learning_rate", "train.free_bits"]
+    keys += ["train.precision", "evaluate.iw_samples"]
+    return {k: flat[k] for k in keys}
 
 
 def _metric_key(name: str) -> str:

@@ -1,0 +1,79 @@
+"""The model card: every figure a reader looks for, from evaluate's metrics and the lineage."""
+
+from __future__ import annotations
+
+from hvae import model_card
+
+ARCHITECTURE = {"latent_dims": [32, 16, 8], "hidden_dim": 64, "blocks_per_layer": 1}
+ARCHITECTURE["activation"] = "elu"
+
+
+def _metrics() -> dict:
+    metrics = {
+        "test_nll": 81.3812,
+        "test_elbo": -84.4021,
+        "test_recon": 58.67,
+        "test_kl": 25.73,
+        "iw_samples": 1000,
+        "test_images": 10000,
+        "ood_test_nll": 300.0,
+    }
+    for i, (kl, units) in enumerate([(5.27, 32), (6.82, 15), (7.04, 8)], start=1):
+        metrics[f"test_kl_z{i}"], metrics[f"active_units_z{i}"] = kl, units
+    for score, auroc in [("likelihood", 0.999), ("llr_k1", 0.734), ("llr_k2", 0.7)]:
+        metrics.update({f"ood_{score}_auroc": auroc, f"ood_{score}_auprc": 0.5})
+        metrics[f"ood_{score}_fpr80"] = 0.25
+    for features in ("z1", "z2", "z3", "all", "pixels"):
+        for n in (100, 1000):
+            metrics[f"probe_{features}_n{n}"] = 0.5 + n / 10000
+            metrics[f"probe_{features}_n{n}_std"] = 0.01
+    return metrics
+
+
+def _card(dataset: str = "mnist", ood: str = "fashion-mnist") -> str:
+    lineage = model_card.Lineage(
+        registered_model=f"hvae-{dataset}",
+        version="7",
+        run_id="f0a32f31aa",
+        git_commit="cfd189d0123",
+        params_digest="p" * 64,
+        data_digest="d" * 64,
+        dataset=dataset,
+        ood_dataset=ood,
+    )
+    return model_card.render(
+        lineage,
+        ARCHITECTURE,
+        parameters=2_290_123,
+        key_params={"train.epochs": 450, "seed": 42},
+        metrics=_metrics(),
+        requirements=["mlflow==3.17.2", "tensorflow==2.21.0"],
+    )
+
+
+def test_the_card_says_what_the_model_is_and_where_it_came_from() -> None:
+    card = _card()
+    assert card.startswith("# hvae-mnist version 7\n")
+    assert "3 stochastic layers" in card and "32, 16, 8 units (56 in all)" in card
+    assert "width 64" in card and "elu" in card and "2,290,123" in card
+    for text in ("`f0a32f31aa`", "`cfd189d0123`", "`" + "d" * 16 + "`", "`" + "p" * 16 + "`"):
+        assert text in card
+    assert "| `train.epochs` | 450 |" in card
+
+
+def test_the_card_has_every_headline_figure() -> None:
+    card = _card()
+    assert "k = 1000 | **81.38 nats**" in card
+    assert "-84.40 nats (reconstruction 58.67, KL 25.73)" in card
+    assert "| z1 | 5.27 | 32 |" in card and "| z3 | 7.04 | 8 |" in card
+    assert "| likelihood | 0.999 |" in card and "| LLR>2 | 0.700 |" in card
+    assert "| z2 | 0.510 | 0.600 |" in card and "| all layers | 0.510 | 0.600 |" in card
+    assert "Ladder VAE" in card and "| **this version** | **81.38** | 1000 |" in card
+    assert 'load_model("models:/hvae-mnist/7")' in card
+    assert "`tensorflow==2.21.0`" in card
+
+
+def test_published_rows_only_for_the_dataset_they_are_about() -> None:
+    card = _card("fashion-mnist", "mnist")
+    assert "Fashion-MNIST" in card and "against MNIST" in card
+    assert "Ladder VAE" not in card
