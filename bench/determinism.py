@@ -60,7 +60,8 @@ def main() -> None:
                 f" ex/s, weights {result['digest']}, {time.perf_counter() - started:.0f} s",
                 flush=True,
             )
-    median = {d: float(np.median([r["examples_per_second"] for r in v])) for d, v in results.items()}
+    speeds = {d: [r["examples_per_second"] for r in v] for d, v in results.items()}
+    median = {d: float(np.median(v)) for d, v in speeds.items()}
     digests = {r["digest"] for v in results.values() for r in v}
     print(f"load: {'two busy loops' if args.load else 'none'}; precision {result['policy']}")
     print(f"median examples/s: deterministic {median[True]:.0f}, not {median[False]:.0f}")

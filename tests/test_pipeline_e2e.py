@@ -400,6 +400,7 @@ def test_ui_shows_runs_figures_and_registry(pipeline_run) -> None:
     base = f"http://127.0.0.1:{port}"
     try:
         assert ui.stdout.readline().startswith(f"ui: MLflow UI at {base}")
+        assert "workflowType=machine_learning" in ui.stdout.readline()
         _wait_for(f"{base}/health", ui)
         api = f"{base}/api/2.0/mlflow"
         experiment = _get(f"{api}/experiments/get-by-name?experiment_name=hvae-mnist")

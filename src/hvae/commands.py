@@ -90,7 +90,12 @@ def ui(args: argparse.Namespace, params: Params, root: Path) -> int:
         "--port", str(args.port),
         "--workers", "1",
     ]  # fmt: skip
-    print(f"ui: MLflow UI at http://{args.host}:{args.port} (store {uri}); Ctrl-C stops it")
+    base = f"http://{args.host}:{args.port}"
+    print(f"ui: MLflow UI at {base} (store {uri}); Ctrl-C stops it")
+    # MLflow 3.17's UI opens every experiment in its GenAI view unless told otherwise (the
+    # experiments' mlflow.experimentKind tag is not enough there); this link opens training.
+    training_view = f"{base}/#/experiments?workflowType=machine_learning"
+    print(f"ui: runs and models in the training view: {training_view}")
     sys.stdout.flush()
     # mlflow starts its web server (uvicorn) by name: make this environment's scripts findable.
     scripts = str(Path(sys.executable).parent)

@@ -82,8 +82,7 @@ class TrainParams(_Section):
     # Compute dtype of training; weights, losses and evaluation are float32 either way.
     # auto: mixed_bfloat16 where the hardware has bfloat16 matmuls, else float32 (hvae.precision).
     precision: Literal["auto", "float32", "mixed_bfloat16"] = "auto"
-    # Bit-for-bit repeatable training (hvae.determinism): TensorFlow's op determinism and one
-    # inter-op thread.
+    # Bit-for-bit repeatable training (hvae.determinism): TensorFlow's op determinism.
     deterministic: bool = True
 
     @model_validator(mode="after")

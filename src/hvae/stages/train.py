@@ -47,7 +47,7 @@ def _resumable(
 def run(params: Params, root: Path) -> None:
     started = time.perf_counter()
     t = params.train
-    # First: thread settings and multi-worker collectives must be set up before any other
+    # First: determinism and multi-worker collectives must be set up before any other
     # TensorFlow work.
     determinism.configure(t.deterministic)
     strategy = distribute.choose_strategy(t.strategy)
