@@ -239,3 +239,19 @@ def test_an_experiment_whose_artifacts_are_gone_is_refused(tmp_path: Path, monke
     # No run has stored anything there yet: nothing is lost, the folder is made.
     tracking.ensure_experiment("hvae-unused", tmp_path)
     assert unused.is_dir()
+
+
+@pytest.mark.parametrize(
+    ("uri", "server"),
+    [
+        ("http://127.0.0.1:5000", True),
+        ("https://mlflow.example.invalid", True),
+        ("databricks", True),
+        ("databricks://profile", True),
+        ("sqlite:////tmp/mlflow.db", False),
+        ("file:///tmp/mlruns", False),
+        ("/tmp/mlruns", False),
+    ],
+)
+def test_servers_decide_their_own_artifact_store(uri: str, server: bool) -> None:
+    assert tracking.is_server(uri) is server

@@ -77,7 +77,7 @@ def rollback(args: argparse.Namespace, params: Params, root: Path) -> None:
 
 def ui(args: argparse.Namespace, params: Params, root: Path) -> int:
     uri = tracking.tracking_uri(root)
-    if uri.startswith(("http://", "https://", "databricks")):
+    if tracking.is_server(uri):
         print(f"ui: the project's store is a server; open {uri}")
         return 0
     command = [
@@ -85,7 +85,7 @@ def ui(args: argparse.Namespace, params: Params, root: Path) -> int:
         "--backend-store-uri", uri,
         # Runs keep their own absolute artifact locations (<root>/mlartifacts); this is only
         # the default for experiments created through the UI.
-        "--default-artifact-root", (root / "mlartifacts").as_uri(),
+        "--default-artifact-root", (root / tracking.ARTIFACTS_DIR).as_uri(),
         "--host", args.host,
         "--port", str(args.port),
         "--workers", "1",

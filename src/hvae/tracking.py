@@ -30,7 +30,7 @@ TRACKING_ENV = "MLFLOW_TRACKING_URI"
 ARTIFACTS_DIR = "mlartifacts"
 # Experiments open in the MLflow UI's training view, not the GenAI one.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
-_SERVER_SCHEMES = ("http", "https", "databricks")
+_SERVER_SCHEMES = ("http", "https")
 
 # `mlflow.set_tracking_uri` exports the URI it is given to the environment (for child
 # processes). What this module set must not pass for the user's own choice afterwards.
@@ -65,7 +65,8 @@ def tracking_uri(root: Path) -> str:
 
 
 def is_server(uri: str) -> bool:
-    return urllib.parse.urlparse(uri).scheme in _SERVER_SCHEMES
+    """A tracking server (or Databricks, spelled `databricks` or `databricks://profile`)."""
+    return uri.startswith("databricks") or urllib.parse.urlparse(uri).scheme in _SERVER_SCHEMES
 
 
 def check_reachable(uri: str, timeout: float = 10.0) -> None:
@@ -131,10 +132,8 @@ def ensure_experiment(name: str, root: Path) -> str:
 
 
 def _create_experiment(client: MlflowClient, name: str, folder: Path | None):
-    location = None
-    if folder is not None:
-        folder.mkdir(parents=True, exist_ok=True)
-        location = folder.as_uri()
+    # The folder itself is made by check_artifact_location, as for any run-less experiment.
+    location = None if folder is None else folder.as_uri()
     try:
         experiment_id = client.create_experiment(
             name, artifact_location=location, tags=EXPERIMENT_KIND
