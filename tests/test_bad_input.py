@@ -20,6 +20,7 @@ from hvae.data import sources
 from hvae.data.idx import write_idx
 from hvae.data.sources import DatasetSpec, md5_hex
 from hvae.errors import DataError
+from params_helpers import params_text
 
 STEMS = {
     "train-images-idx3-ubyte": lambda rng: write_idx(rng.integers(0, 256, (30, 28, 28), "u1")),
@@ -27,13 +28,9 @@ STEMS = {
     "t10k-images-idx3-ubyte": lambda rng: write_idx(rng.integers(0, 256, (10, 28, 28), "u1")),
     "t10k-labels-idx1-ubyte": lambda rng: write_idx(rng.integers(0, 10, 10, "u1")),
 }
-PARAMS = """\
-prepare:
-  validation_size: 10
-train:
-  batch_size: 10
-  probe_images: 10
-"""
+PARAMS = params_text(
+    {"prepare.validation_size": "10", "train.batch_size": "10", "train.probe_images": "10"}
+)
 
 
 def _place(datasets: Path) -> None:

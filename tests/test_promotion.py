@@ -8,6 +8,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from hvae.cli import main
+from params_helpers import REPO_PARAMS
 
 NAME = "hvae-mnist"
 
@@ -18,7 +19,7 @@ def store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> MlflowClient:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text("# defaults\n")
+    (tmp_path / "params.yaml").write_text(REPO_PARAMS.read_text())
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.create_experiment("e", artifact_location=(tmp_path / "a").as_uri())
     client.create_registered_model(NAME)
@@ -139,7 +140,7 @@ def test_promoting_the_holder_again_is_an_error(store, capsys) -> None:
 def test_missing_registered_model(tmp_path: Path, monkeypatch, capsys) -> None:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'empty.db'}")
     monkeypatch.chdir(tmp_path)
-    (tmp_path / "params.yaml").write_text("")
+    (tmp_path / "params.yaml").write_text(REPO_PARAMS.read_text())
     for command in (["models"], ["promote"], ["rollback"]):
         code, _, err = _cli(capsys, *command)
         assert code == 1 and "registered model 'hvae-mnist' not found" in err
@@ -183,7 +184,7 @@ def test_concurrent_promotions_leave_one_consistent_alias(tmp_path: Path) -> Non
     from hvae import locks
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    (tmp_path / "params.yaml").write_text("# defaults\n")
+    (tmp_path / "params.yaml").write_text(REPO_PARAMS.read_text())
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     experiment = client.create_experiment("e", artifact_location=(tmp_path / "a").as_uri())
     client.create_registered_model(NAME)

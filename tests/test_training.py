@@ -6,20 +6,23 @@ import os
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import keras
 import numpy as np
 import pytest
 
-from hvae.config import parse_params
 from hvae.optimizer import FusedAdam
 from hvae.training import compiled_model, training_callbacks
+from params_helpers import params_with
 
+TESTS = Path(__file__).resolve().parent
 TINY_MODEL = {"latent_dims": [4, 3], "hidden_dim": 16}
 
 
 def _params(**train):
-    return parse_params({"model": TINY_MODEL, "train": {"epochs": 2, **train}})
+    # The repo's params.yaml, shrunk: every key is required, none falls back to a default.
+    return params_with(model=TINY_MODEL, train={"epochs": 2, **train})
 
 
 def test_the_optimizer_is_ready_before_the_first_step() -> None:
@@ -87,14 +90,14 @@ def test_two_replicas_agree_on_skipping(tmp_path) -> None:
         cpu = tf.config.list_physical_devices("CPU")[0]
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
-        from hvae.config import parse_params
+        from params_helpers import params_with
         from hvae.training import compiled_model
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         images = np.random.default_rng(0).random((64, 784)).astype("float32")
         for skip, expected in ((1e-6, 0.5), (1e6, 0.0)):
-            params = parse_params({"model": {"latent_dims": [4, 3], "hidden_dim": 16},
-                                   "train": {"epochs": 1, "grad_clip_norm": 1e-7,
-                                             "skip_grad_norm": skip, "steps_per_execution": 2}})
+            params = params_with(model={"latent_dims": [4, 3], "hidden_dim": 16},
+                                 train={"epochs": 1, "grad_clip_norm": 1e-7,
+                                        "skip_grad_norm": skip, "steps_per_execution": 2})
             with strategy.scope():
                 model = compiled_model(params, steps_per_epoch=4)
             before = [w.numpy().copy() for w in model.trainable_weights]
@@ -107,6 +110,8 @@ def test_two_replicas_agree_on_skipping(tmp_path) -> None:
         """
     )
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "CUDA_VISIBLE_DEVICES": ""}
+    # params_helpers sits beside this file.
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(TESTS), env.get("PYTHONPATH")]))
     result = subprocess.run(
         [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300
     )
