@@ -168,8 +168,8 @@ SECTIONS = "seed, data, prepare, model, train, evaluate, render, mlflow, promote
         ({"train.epochs": "true"}, "train.epochs: expected an integer from 1 to 100000 (got true)"),
         (
             {"train.epochs": '"10"'},
-            "train.epochs: expected an integer from 1 to 100000 (got '10', a string: write the number "
-            "without quotes)",
+            "train.epochs: expected an integer from 1 to 100000 (got '10', a string: write the "
+            "number without quotes)",
         ),
         ({"train.deterministic": "1"}, "train.deterministic: expected true or false (got 1)"),
         ({"train.free_bits": "-0.1"}, "train.free_bits: must be >= 0.0 (got -0.1)"),
@@ -198,7 +198,9 @@ def test_an_empty_file_is_an_error(tmp_path: Path, text: str) -> None:
 
 
 def test_an_empty_mapping_names_the_first_missing_key(tmp_path: Path) -> None:
-    assert _error(tmp_path, "{}\n").startswith("seed: missing (expected an integer from 0 to 4294967295")
+    assert _error(tmp_path, "{}\n").startswith(
+        "seed: missing (expected an integer from 0 to 4294967295"
+    )
 
 
 DUPLICATES = {
