@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
 import pytest
+import tensorflow as tf
+from mlflow.exceptions import MlflowException
 
-from hvae import artifacts
+from hvae import artifacts, pyfunc
 from hvae.errors import DataError
 from hvae.model import build_model
 from hvae.pyfunc import HVAEScorer, _load_pyfunc
@@ -25,8 +28,8 @@ def scorer(tmp_path_factory: pytest.TempPathFactory) -> HVAEScorer:
     return _load_pyfunc(str(folder))
 
 
-def _frame(n: int) -> pd.DataFrame:
-    pixels = np.random.default_rng(1).integers(0, 256, (n, 784)).astype(np.float64)
+def _frame(n: int, seed: int = 1) -> pd.DataFrame:
+    pixels = np.random.default_rng(seed).integers(0, 256, (n, 784)).astype(np.float64)
     return pd.DataFrame(pixels, columns=[f"p{i}" for i in range(784)])
 
 
@@ -48,9 +51,118 @@ def test_same_rows_same_numbers(scorer: HVAEScorer) -> None:
     pd.testing.assert_frame_equal(first, from_array)
 
 
+def test_default_iw_samples(scorer: HVAEScorer) -> None:
+    frame = _frame(2)
+    expected = scorer.predict(frame, {"iw_samples": pyfunc.DEFAULT_IW_SAMPLES})
+    for params in (None, {}, {"iw_samples": None}):
+        pd.testing.assert_frame_equal(scorer.predict(frame, params), expected)
+    # NumPy integers are integers too (MLflow may hand them over).
+    pd.testing.assert_frame_equal(
+        scorer.predict(frame, {"iw_samples": np.int64(7)}), scorer.predict(frame, {"iw_samples": 7})
+    )
+
+
+@pytest.mark.parametrize("bad", [0, -5, 10**7, 2.5, 2.0, "10", True, [10]])
+def test_iw_samples_outside_its_range_or_not_an_integer(scorer: HVAEScorer, bad: object) -> None:
+    with pytest.raises(
+        ValueError, match=r"^iw_samples: expected an integer from 1 to 1000, got "
+    ) as e:
+        scorer.predict(_frame(1), {"iw_samples": bad})
+    assert "\n" not in str(e.value) and len(str(e.value)) < 120
+    # An MlflowException too: the scoring server answers 400 with this message.
+    assert isinstance(e.value, MlflowException) and e.value.get_http_status_code() == 400
+
+
+def test_a_long_string_is_not_echoed(scorer: HVAEScorer) -> None:
+    with pytest.raises(ValueError, match="iw_samples") as e:
+        scorer.predict(_frame(1), {"iw_samples": "9" * 100_000})
+    assert len(str(e.value)) < 120
+
+
+def test_too_many_rows(scorer: HVAEScorer) -> None:
+    with pytest.raises(
+        ValueError, match=r"^rows: expected at most 10000 rows per request, got 10001$"
+    ):
+        scorer.predict(np.zeros((pyfunc.MAX_ROWS + 1, 784), np.uint8))
+    rows = pyfunc.MAX_ROW_SAMPLES // pyfunc.MAX_IW_SAMPLES + 1
+    with pytest.raises(ValueError, match=r"^rows \* iw_samples: expected at most 200000, got 201 "):
+        scorer.predict(np.zeros((rows, 784), np.uint8), {"iw_samples": pyfunc.MAX_IW_SAMPLES})
+
+
+def test_no_rows(scorer: HVAEScorer) -> None:
+    scores = scorer.predict(np.zeros((0, 784)))
+    assert list(scores.columns) == ["elbo", "iw_log_likelihood"] and len(scores) == 0
+
+
+def test_a_row_scores_the_same_alone_or_with_others(scorer: HVAEScorer) -> None:
+    """A row's scores are a function of the row: alone, at row 137 of a 250-row request
+    (a later batch, other batch-mates), and on a second call, bit for bit."""
+    frame = _frame(250)
+    many = scorer.predict(frame, {"iw_samples": 10})
+    alone = scorer.predict(frame.iloc[[137]], {"iw_samples": 10})
+    np.testing.assert_array_equal(alone.to_numpy(), many.iloc[[137]].to_numpy())
+    pd.testing.assert_frame_equal(scorer.predict(frame, {"iw_samples": 10}), many)
+    # Two rows with the same binarized pixels (grey levels either side of 127.5) are one row.
+    twin = frame.iloc[[137]].to_numpy().copy()
+    twin[twin > 127.5] = 255
+    twin[twin <= 127.5] = 0
+    np.testing.assert_array_equal(scorer.predict(twin, {"iw_samples": 10}).to_numpy(), alone)
+
+
+def test_batches_equal_pieces(scorer: HVAEScorer) -> None:
+    """250 rows (13 batches, the last one padded) score as the same rows sent in pieces."""
+    assert pyfunc.BATCH_ROWS < 250 and 250 % pyfunc.BATCH_ROWS
+    frame = _frame(250, seed=2)
+    whole = scorer.predict(frame, {"iw_samples": 5})
+    pieces = [frame.iloc[a:b] for a, b in [(0, 7), (7, 130), (130, 250)]]
+    joined = pd.concat([scorer.predict(p, {"iw_samples": 5}) for p in pieces], ignore_index=True)
+    pd.testing.assert_frame_equal(whole, joined)
+
+
+def test_concurrent_calls_equal_sequential_ones(scorer: HVAEScorer) -> None:
+    requests = [(_frame(n, seed=n), {"iw_samples": k}) for n, k in [(3, 10), (45, 4), (21, 10)]]
+    requests *= 3
+    sequential = [scorer.predict(frame, params) for frame, params in requests]
+    with ThreadPoolExecutor(4) as pool:
+        concurrent = list(pool.map(lambda r: scorer.predict(*r), requests))
+    for a, b in zip(sequential, concurrent, strict=True):
+        pd.testing.assert_frame_equal(a, b)
+
+
+def test_fewer_samples_are_a_prefix(scorer: HVAEScorer) -> None:
+    """Draw j of a row does not depend on k: the ELBO draw is the same for every k."""
+    frame = _frame(3)
+    a, b = (scorer.predict(frame, {"iw_samples": k}) for k in (1, 30))
+    pd.testing.assert_frame_equal(a[["elbo"]], b[["elbo"]])
+
+
+def test_explicit_noise_replaces_the_sampler(scorer: HVAEScorer) -> None:
+    """eps = 0 draws the posterior means; chunks read their own slice of the noise."""
+    model = scorer.model
+    x = tf.constant((_frame(4).to_numpy() > 127.5).astype("float32"))
+    zeros = [tf.zeros((4, d)) for d in model.latent_dims]
+    mean_logits, _ = model.decode(model.encode(x), use_mean=True)
+    zero_logits, _ = model.decode(model.encode(x), eps=zeros)
+    np.testing.assert_array_equal(zero_logits.numpy(), mean_logits.numpy())
+    state = model.noise.state.numpy()
+    rng = np.random.default_rng(0)
+    eps = [tf.constant(rng.standard_normal((10, 4, d)), tf.float32) for d in model.latent_dims]
+    chunked = model.iw_log_likelihood(x, 10, chunk=3, eps=eps).numpy()
+    whole = model.iw_log_likelihood(x, 10, chunk=10, eps=eps).numpy()
+    np.testing.assert_allclose(chunked, whole, rtol=1e-5)
+    np.testing.assert_array_equal(model.noise.state.numpy(), state)  # the sampler is untouched
+
+
 def test_wrong_number_of_columns(scorer: HVAEScorer) -> None:
     with pytest.raises(ValueError, match="expected 784 pixel columns"):
         scorer.predict(np.zeros((2, 100)))
+
+
+def test_ragged_or_non_numeric_rows(scorer: HVAEScorer) -> None:
+    with pytest.raises(ValueError, match=r"^pixels: expected rows of 784 numbers, got ragged"):
+        scorer.predict([[0] * 784, [0] * 3])
+    with pytest.raises(ValueError, match=r"^pixels: expected numbers \(grey levels 0-255\)$"):
+        scorer.predict(pd.DataFrame([["dark"] * 784]))
 
 
 def test_non_finite_pixels(scorer: HVAEScorer) -> None:

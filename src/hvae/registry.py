@@ -24,7 +24,7 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import AnyType
 
 from hvae import artifacts
-from hvae.pyfunc import DEFAULT_IW_SAMPLES, HVAEScorer
+from hvae.pyfunc import DEFAULT_IW_SAMPLES, LIMITS, HVAEScorer
 
 # What `hvae.pyfunc` imports to rebuild and run the model, and mlflow to load it.
 SERVING_PACKAGES = ("mlflow", "tensorflow", "keras", "h5py", "numpy", "pandas")
@@ -68,6 +68,8 @@ def _signature(frame: pd.DataFrame, scores: pd.DataFrame) -> ModelSignature:
     # better, but MLflow 3.17 enforces them strictly: a tensor spec refuses any dtype but its
     # own, and `double` refuses int64 images ("Can not safely convert int64 to float64").
     # The scorer itself checks the count, finiteness and the 0-255 range.
+    # A ParamSpec holds a name, type, default and shape but no range: the limits of
+    # iw_samples and of a request's rows go into the logged model's metadata (`LIMITS`).
     return ModelSignature(
         inputs=Schema([ColSpec(AnyType())] * frame.shape[1]),
         outputs=infer_signature(frame, scores).outputs,
@@ -102,6 +104,7 @@ def log_model(name: str, run_id: str, model_dir: Path, example: np.ndarray) -> L
             signature=_signature(frame, scores),
             input_example=frame,
             pip_requirements=pinned_requirements(),
+            metadata={"serving_limits": LIMITS},
         )
     return LoggedModel(info.model_uri, info.model_id, None)
 

@@ -219,12 +219,15 @@ class HierarchicalVAE(keras.Model):
         fixed: Mapping[int, tf.Tensor] | None = None,
         use_mean: bool = False,
         temperature: float = 1.0,
+        eps: Sequence[tf.Tensor] | None = None,
     ) -> tuple[tf.Tensor, list[LayerStats]]:
         """Top-down pass from z_L to z_1, returning pixel logits and per-layer stats.
 
         Layer i draws from q(z_i | x, z_{>i}) when `features` are given and i >= prior_layers,
         otherwise from p(z_i | z_{>i}) (so prior_layers=k gives the bound L_{>k});
         `fixed[i]` overrides the draw. `use_mean` takes means instead of samples.
+        `eps[i]`, standard-normal noise shaped like z_i, replaces the model's own sampler
+        (`self.noise`), so a caller can make each draw a function of its input alone.
         """
         fixed = fixed or {}
         if batch_size is None:
@@ -245,6 +248,8 @@ class HierarchicalVAE(keras.Model):
                 z = fixed[i]
             elif use_mean:
                 z = mu
+            elif eps is not None:
+                z = mu + sigma * eps[i]
             else:
                 z = mu + sigma * keras.random.normal(tf.shape(mu), seed=self.noise)
             stats[i] = LayerStats(z, q_mu, q_sigma, p_mu, p_sigma)
@@ -259,26 +264,41 @@ class HierarchicalVAE(keras.Model):
 
     # -- objectives -------------------------------------------------------------------------
 
-    def elbo_terms(self, x: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
-        """Per-example reconstruction loss -log p(x|z) and the analytic KL of every layer."""
-        recon, kl_units = self._recon_and_kl_units(x)
+    def elbo_terms(
+        self, x: tf.Tensor, eps: Sequence[tf.Tensor] | None = None
+    ) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        """Per-example reconstruction loss -log p(x|z) and the analytic KL of every layer.
+
+        `eps` (one (batch, dim) tensor per layer) is the noise of the one posterior draw.
+        """
+        recon, kl_units = self._recon_and_kl_units(x, eps)
         return recon, [tf.reduce_sum(k, axis=-1) for k in kl_units]
 
-    def _recon_and_kl_units(self, x: tf.Tensor) -> tuple[tf.Tensor, list[tf.Tensor]]:
-        logits, stats = self.decode(self.encode(x))
+    def _recon_and_kl_units(
+        self, x: tf.Tensor, eps: Sequence[tf.Tensor] | None = None
+    ) -> tuple[tf.Tensor, list[tf.Tensor]]:
+        logits, stats = self.decode(self.encode(x), eps=eps)
         recon = -bernoulli_log_prob(x, logits)
         return recon, [gaussian_kl_per_unit(s.q_mu, s.q_sigma, s.p_mu, s.p_sigma) for s in stats]
 
     def log_weights(
-        self, x: tf.Tensor, features: Sequence[tf.Tensor], prior_layers: int = 0
+        self,
+        x: tf.Tensor,
+        features: Sequence[tf.Tensor],
+        prior_layers: int = 0,
+        eps: Sequence[tf.Tensor] | None = None,
     ) -> tf.Tensor:
         """log p(x, z) - log q(z | x) at one sample z per row.
 
         With prior_layers=k the k lowest layers are drawn from p(z_l | z_{>l}) instead of q;
         their p/q ratio is then 1 and drops out, which gives the log-weights of the bound
         L_{>k} of Havtorn et al. (2021): only z_{>k} is inferred from x.
+        `eps` (one (rows, dim) tensor per layer) is the draws' noise, as in `decode`.
         """
-        logits, stats = self.decode(features, prior_layers=prior_layers)
+        if eps is None:
+            logits, stats = self.decode(features, prior_layers=prior_layers)
+        else:
+            logits, stats = self.decode(features, prior_layers=prior_layers, eps=eps)
         log_w = bernoulli_log_prob(x, logits)
         for s in stats[prior_layers:]:
             log_w += gaussian_log_prob(s.z, s.p_mu, s.p_sigma)
@@ -286,18 +306,30 @@ class HierarchicalVAE(keras.Model):
         return log_w
 
     def iw_log_likelihood(
-        self, x: tf.Tensor, k: int, chunk: int, prior_layers: int = 0
+        self,
+        x: tf.Tensor,
+        k: int,
+        chunk: int,
+        prior_layers: int = 0,
+        eps: Sequence[tf.Tensor] | None = None,
     ) -> tf.Tensor:
         """Importance-weighted estimate of log p(x) with k samples per image.
 
         Samples are drawn `chunk` at a time and folded into a running log-sum-exp, so memory
         is bounded by batch * chunk rows whatever k is. The encoder runs once per image.
         prior_layers=k estimates the bound L_{>k} instead (see log_weights).
+        `eps`, one (k, batch, dim) tensor per layer, gives the noise of every sample instead
+        of the model's sampler; chunks read their slice of it.
         """
         features = self._encode_compiled(x)
         total = None
         for start in range(0, k, chunk):
-            log_w = self._chunk_log_weights(x, features, min(chunk, k - start), prior_layers)
+            n = min(chunk, k - start)
+            if eps is None:
+                log_w = self._chunk_log_weights(x, features, n, prior_layers)
+            else:
+                part_eps = [e[start : start + n] for e in eps]
+                log_w = self._chunk_log_weights_given(x, features, part_eps, prior_layers)
             part = tf.reduce_logsumexp(log_w, axis=0)
             total = part if total is None else tf.reduce_logsumexp(tf.stack([total, part]), 0)
         return total - tf.math.log(tf.cast(k, total.dtype))
@@ -314,6 +346,22 @@ class HierarchicalVAE(keras.Model):
         tiled = [tf.tile(f, [n, 1]) for f in features]
         log_w = self.log_weights(tf.tile(x, [n, 1]), tiled, prior_layers)
         return tf.reshape(log_w, [n, tf.shape(x)[0]])
+
+    @tf.function(reduce_retracing=True)
+    def _chunk_log_weights_given(
+        self,
+        x: tf.Tensor,
+        features: list[tf.Tensor],
+        eps: list[tf.Tensor],
+        prior_layers: int = 0,
+    ) -> tf.Tensor:
+        """As _chunk_log_weights, with the noise of the n samples given: (n, batch, dim) each."""
+        n, batch = tf.shape(eps[0])[0], tf.shape(x)[0]
+        tiled = [tf.tile(f, [n, 1]) for f in features]
+        # Row s * batch + b of the tiled batch is sample s of image b, as eps[i][s, b].
+        flat = [tf.reshape(e, [n * batch, tf.shape(e)[-1]]) for e in eps]
+        log_w = self.log_weights(tf.tile(x, [n, 1]), tiled, prior_layers, eps=flat)
+        return tf.reshape(log_w, [n, batch])
 
     def beta(self) -> tf.Tensor:
         """KL weight: linear warm-up from ~0 to 1 over kl_warmup_steps optimizer steps."""
