@@ -35,6 +35,7 @@ def _card(dataset: str = "mnist", ood: str = "fashion-mnist") -> str:
         registered_model=f"hvae-{dataset}",
         version="7",
         run_id="f0a32f31aa",
+        model_digest="0123456789abcdef",
         git_commit="cfd189d0123",
         params_digest="p" * 64,
         data_digest="d" * 64,

@@ -177,6 +177,9 @@ def test_mlflow_run_and_registry(pipeline_run) -> None:
     assert float(version.tags["test_nll"]) == pytest.approx(run.data.metrics["test/nll"], abs=1e-3)
     for tag in ("git_commit", "params_digest", "data_digest"):
         assert version.tags[tag] not in ("", "unknown")
+    # The version is the files the run trained: one digest in the record, the run and the tag.
+    record = json.loads((repo / "reports/mlflow_run.json").read_text())
+    assert version.tags["model_digest"] == run.data.tags["model_digest"] == record["model_digest"]
     assert (version.tags["dataset"], version.tags["ood_dataset"]) == ("mnist", "fashion-mnist")
     # Lineage and headline metrics on the version; every metric on the run and its model.
     assert "probe_z1_n100" not in version.tags and "ood_llr_k1_auroc" not in version.tags
@@ -518,10 +521,11 @@ def test_corrupt_weights_stop_evaluate_with_nothing_written_or_registered(pipeli
     finally:
         weights.write_bytes(original)
     assert result.returncode == 1
+    # Caught before loading: the files are not the ones the recorded run trained.
     assert (
         result.stderr.strip()
         .splitlines()[-1]
-        .startswith("hvae evaluate: error: models/model.weights.h5: cannot load weights")
+        .startswith("hvae evaluate: error: models/: model files ")
     )
     assert metrics.read_bytes() == before
     assert len(client.search_model_versions("name = 'hvae-mnist'")) == versions

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import mlflow
 import pytest
+from mlflow.tracking import MlflowClient
 
 from hvae import tracking
 from hvae.errors import TrackingError
@@ -45,14 +47,54 @@ def test_run_record_round_trip_and_errors(tmp_path: Path, monkeypatch) -> None:
     tracking.configure(tmp_path)
     record = tmp_path / "run.json"
     with pytest.raises(TrackingError, match="not found"):
-        tracking.read_run_record(record)
+        tracking.read_run_record("d1", record)
     record.write_text("[]")
     with pytest.raises(TrackingError, match="run_id"):
-        tracking.read_run_record(record)
-    tracking.write_run_record("0123456789abcdef", "hvae-mnist", record)
+        tracking.read_run_record("d1", record)
+    tracking.write_run_record("0123456789abcdef", "hvae-mnist", "d1", record)
     assert json.loads(record.read_text())["run_id"] == "0123456789abcdef"
     with pytest.raises(TrackingError, match="not in"):
-        tracking.read_run_record(record)
+        tracking.read_run_record("d1", record)
+
+
+def test_run_record_ties_the_run_to_the_model_files(tmp_path: Path, monkeypatch) -> None:
+    """Only a finished train's record, with the files it wrote, on a run that says so."""
+    monkeypatch.delenv(tracking.TRACKING_ENV, raising=False)
+    tracking.configure(tmp_path)
+    experiment = tracking.ensure_experiment("lineage", tmp_path)
+    record = tmp_path / "run.json"
+    with mlflow.start_run(experiment_id=experiment) as run:
+        run_id = run.info.run_id
+        tracking.write_run_record(run_id, "lineage", path=record)  # what train writes first
+    with pytest.raises(TrackingError, match=f"run {run_id} did not finish training"):
+        tracking.read_run_record("d1", record)
+    tracking.write_run_record(run_id, "lineage", "d1", record)
+    with pytest.raises(TrackingError, match=r"^models/: model files d2 are not the d1 that run"):
+        tracking.read_run_record("d2", record)
+    # The record says d1 but the run never tagged it: another store's or a hand-made record.
+    with pytest.raises(TrackingError, match=r"did not train model d1 \(its model_digest tag"):
+        tracking.read_run_record("d1", record)
+    MlflowClient().set_tag(run_id, tracking.MODEL_DIGEST, "d1")
+    assert tracking.read_run_record("d1", record) == run_id
+
+
+def test_interrupt_marks_the_run_killed_and_other_errors_failed(tmp_path: Path, monkeypatch):
+    monkeypatch.delenv(tracking.TRACKING_ENV, raising=False)
+    tracking.configure(tmp_path)
+    experiment = tracking.ensure_experiment("interrupts", tmp_path)
+    ids = {}
+    for name, exc in (("killed", KeyboardInterrupt), ("failed", RuntimeError)):
+        with (
+            pytest.raises(exc),
+            mlflow.start_run(experiment_id=experiment) as run,
+            tracking.killed_on_interrupt(),
+        ):
+            ids[name] = run.info.run_id
+            raise exc()
+    assert mlflow.active_run() is None
+    client = MlflowClient()
+    assert client.get_run(ids["killed"]).info.status == "KILLED"
+    assert client.get_run(ids["failed"]).info.status == "FAILED"
 
 
 def _closed_port() -> int:

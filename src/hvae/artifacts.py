@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -11,6 +12,18 @@ from hvae.model import HierarchicalVAE, build_model
 
 WEIGHTS = "model.weights.h5"
 CONFIG = "model.json"
+
+
+def files_digest(folder: str | Path) -> str:
+    """sha256 of the architecture and weights files as stored: what ties them to the run
+    that wrote them (tracking.write_run_record). Missing files make no digest."""
+    digest = hashlib.sha256()
+    for name in (CONFIG, WEIGHTS):
+        try:
+            digest.update((Path(folder) / name).read_bytes())
+        except FileNotFoundError:
+            raise DataError(f"{Path(folder) / name}: not found (run `hvae train` first)") from None
+    return digest.hexdigest()[:16]
 
 
 def save_config(model: HierarchicalVAE, folder: Path) -> None:

@@ -28,6 +28,7 @@ class Lineage:
     registered_model: str
     version: str
     run_id: str
+    model_digest: str  # of models/ as trained (tracking.MODEL_DIGEST)
     git_commit: str
     params_digest: str
     data_digest: str
@@ -72,6 +73,7 @@ def render(
         "| | |",
         "|---|---|",
         f"| training run | `{lineage.run_id}` |",
+        f"| model files digest | `{lineage.model_digest}` |",
         f"| git commit | `{lineage.git_commit}` |",
         f"| data | {lineage.dataset}, digest `{lineage.data_digest[:16]}`; "
         f"OOD set {lineage.ood_dataset} |",

@@ -7,6 +7,7 @@ decides its own artifact store). Train opens the run; evaluate and render attach
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -14,10 +15,12 @@ import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import numpy as np
+from mlflow.entities import RunStatus
 from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
@@ -230,23 +233,69 @@ def run_tags(root: Path) -> dict[str, str]:
     return tags
 
 
-def write_run_record(run_id: str, experiment: str, path: Path = RUN_RECORD) -> None:
-    atomic.write_json(path, {"run_id": run_id, "experiment": experiment})
+# sha256 of models/ (architecture and weights files): on the run and in the run record.
+MODEL_DIGEST = "model_digest"
 
 
-def read_run_record(path: Path = RUN_RECORD) -> str:
-    """The training run's id, checked to exist in the current store."""
+def write_run_record(
+    run_id: str, experiment: str, model_digest: str | None = None, path: Path = RUN_RECORD
+) -> None:
+    """The run the later stages attach to. Train writes it without a digest when its run
+    opens and with the weights' digest once they are final, so a train that fails or is
+    killed in between leaves a record that evaluate and render refuse."""
+    record = {"run_id": run_id, "experiment": experiment}
+    if model_digest is not None:
+        record[MODEL_DIGEST] = model_digest
+    atomic.write_json(path, record)
+
+
+def read_run_record(model_digest: str, path: Path = RUN_RECORD) -> str:
+    """The id of the run that produced the model files whose digest is given
+    (artifacts.files_digest of models/).
+
+    Refused: a record of a train that never finished, weights that are not the ones the
+    run recorded, and a run that is not in the current store or did not record them.
+    """
     try:
-        run_id = json.loads(path.read_text())["run_id"]
+        record = json.loads(path.read_text())
+        run_id = record["run_id"]
     except FileNotFoundError:
         raise TrackingError(f"{path}: not found (run `hvae train` first)") from None
     except (ValueError, KeyError, TypeError):
         raise TrackingError(f"{path}: expected JSON with a 'run_id'") from None
+    recorded = record.get(MODEL_DIGEST)
+    if recorded is None:
+        raise TrackingError(
+            f"{path}: run {run_id} did not finish training (it failed, was killed or is "
+            "still running), so models/ holds no weights of it; run `hvae train`"
+        )
+    if recorded != model_digest:
+        raise TrackingError(
+            f"models/: model files {model_digest} are not the {recorded} that run {run_id} "
+            f"trained ({path}); run `hvae train` (or `dvc repro`) to make them agree"
+        )
     try:
-        MlflowClient().get_run(run_id)
+        run = MlflowClient().get_run(run_id)
     except mlflow.exceptions.MlflowException:
         raise TrackingError(
             f"{path}: run {run_id} is not in {mlflow.get_tracking_uri()} "
             "(re-log with `dvc repro --force`)"
         ) from None
+    if run.data.tags.get(MODEL_DIGEST) != recorded:
+        raise TrackingError(
+            f"{path}: run {run_id} in {mlflow.get_tracking_uri()} did not train model "
+            f"{recorded} (its {MODEL_DIGEST} tag is {run.data.tags.get(MODEL_DIGEST)!r}); "
+            "re-log with `dvc repro --force`"
+        )
     return run_id
+
+
+@contextlib.contextmanager
+def killed_on_interrupt() -> Iterator[None]:
+    """Inside `mlflow.start_run()`: a Ctrl-C or SIGTERM (which the CLI turns into
+    KeyboardInterrupt) ends the run as KILLED; MLflow's own exit would call it FAILED."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        mlflow.end_run(RunStatus.to_string(RunStatus.KILLED))
+        raise

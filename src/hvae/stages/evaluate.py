@@ -38,7 +38,9 @@ def run(params: Params, root: Path) -> None:
     e = params.evaluate
     keras.utils.set_random_seed(params.seed)
     tracking.configure(root)
-    run_id = tracking.read_run_record()
+    # The run that trained exactly these files, or a one-line refusal before any work.
+    model_digest = artifacts.files_digest(paths.MODELS)
+    run_id = tracking.read_run_record(model_digest)
     manifest = prepared.read_manifest(paths.PREPARED)
     test = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "test")
     ood_test = prepared.load_split(paths.PREPARED, paths.OOD_FILE, "test")
@@ -119,6 +121,7 @@ def run(params: Params, root: Path) -> None:
         "params_digest": prepared.json_digest(flatten(params)),
         "data_digest": manifest["digest"],
         "run_id": run_id,
+        tracking.MODEL_DIGEST: model_digest,
     }
     headline = {k: metrics[k] for k in (*GATE_METRICS, "iw_samples")}
     tags = {**lineage, **{k: _tag(v) for k, v in headline.items()}}

@@ -20,7 +20,7 @@ def run(params: Params, root: Path) -> None:
     r = params.render
     keras.utils.set_random_seed(params.seed)
     tracking.configure(root)
-    run_id = tracking.read_run_record()
+    run_id = tracking.read_run_record(artifacts.files_digest(paths.MODELS))
     model = artifacts.load_model(paths.MODELS)
     test = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "test")
     manifest = prepared.read_manifest(paths.PREPARED)

@@ -98,13 +98,17 @@ def run(params: Params, root: Path) -> None:
     state = None
     if not multi_worker:  # other workers could not restore the chief's saved state
         state = _resumable(resume.load(state_path), fingerprint, state_path)
-    with mlflow.start_run(
-        run_id=state.run_id if state else None,
-        experiment_id=None if state else experiment_id,
-        run_name=None if state else os.environ.get("DVC_EXP_NAME"),
-        tags=None if state else tracking.run_tags(root),
-        log_system_metrics=True,  # CPU, memory (and GPU when present) sampled during training
-    ) as run:
+    with (
+        mlflow.start_run(
+            run_id=state.run_id if state else None,
+            experiment_id=None if state else experiment_id,
+            run_name=None if state else os.environ.get("DVC_EXP_NAME"),
+            tags=None if state else tracking.run_tags(root),
+            log_system_metrics=True,  # CPU, memory (and GPU when present) sampled during training
+        ) as run,
+        tracking.killed_on_interrupt(),
+    ):
+        # No digest yet: until this train finishes, evaluate and render refuse the record.
         tracking.write_run_record(run.info.run_id, params.experiment)
         mlflow.log_params(flatten(params))
         mlflow.set_tags(
@@ -176,8 +180,12 @@ def run(params: Params, root: Path) -> None:
         )
         mlflow.log_artifact(str(paths.HISTORY))
         mlflow.log_artifact(str(paths.TIME_TO_QUALITY))
+        # Last: the run and the record name the model files only once they are final.
+        model_digest = artifacts.files_digest(paths.MODELS)
+        mlflow.set_tag(tracking.MODEL_DIGEST, model_digest)
+        tracking.write_run_record(run.info.run_id, params.experiment, model_digest)
     print(
         f"train: best validation ELBO {checkpoint.best_value:.2f} nats at epoch "
         f"{checkpoint.best_epoch}/{t.epochs}; {seconds:.0f} s; run {run.info.run_id}; "
-        f"weights {digest}"
+        f"weights {digest}; model files {model_digest}"
     )
