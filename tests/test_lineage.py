@@ -84,11 +84,14 @@ def _refused(project: Path, stage: str, run_id: str) -> None:
     status = client.get_run(run_id).info.status
     result = _hvae(project, stage, "--params", "good.yaml")
     assert result.returncode == 1, result.stderr
-    assert result.stderr.strip().splitlines()[-1] == (
-        f"hvae {stage}: error: reports/mlflow_run.json: run {run_id} did not finish training "
-        "(it failed, was killed or is still running), so models/ holds no weights of it; "
-        "run `hvae train`"
-    )
+    # render stops even earlier here: evaluate never wrote the metrics it draws.
+    expected = {
+        "evaluate": f"reports/mlflow_run.json: run {run_id} did not finish training (it "
+        "failed, was killed or is still running), so models/ holds no weights of it; "
+        "run `hvae train`",
+        "render": "reports/metrics.json: not found (run `hvae evaluate` first)",
+    }
+    assert result.stderr.strip().splitlines() == [f"hvae {stage}: error: {expected[stage]}"]
     assert len(client.search_model_versions("name = 'hvae-mnist'")) == versions
     assert client.get_run(run_id).info.status == status
     assert not (project / "reports" / "metrics.json").exists()

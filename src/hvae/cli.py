@@ -7,13 +7,14 @@ TensorFlow is imported only by the stages that need it, so `hvae --help`, `hvae 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
-import os
+import signal
 import sys
 import time
 from pathlib import Path
 
-from hvae import __version__
+from hvae import __version__, logs
 from hvae.errors import ConfigError, HVAEError
 
 STAGES = {
@@ -27,7 +28,20 @@ COMMANDS = {
     "promote": "move an alias (default champion) to a version if it passes the metric gate",
     "rollback": "move an alias back to the version it replaced",
     "ui": "start the MLflow UI on the project's store (127.0.0.1 by default)",
+    "serve": "serve a registered model over HTTP (default: the promote.alias version)",
 }
+# The stages that run TensorFlow: imported up front, without its start-up notices.
+TENSORFLOW_STAGES = ("train", "evaluate", "render")
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised like Ctrl-C so that `with` blocks (an MLflow run) unwind."""
+
+
+def _on_sigterm(signum: int, frame: object) -> None:
+    # Once: a second SIGTERM must not break off the clean-up the first one started.
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    raise Terminated
 
 
 def _registry_options(cmd: argparse.ArgumentParser) -> None:
@@ -57,17 +71,53 @@ def _parser() -> argparse.ArgumentParser:
             cmd.add_argument("--margin", type=float, help="required improvement (>= 0)")
             cmd.add_argument("--force", action="store_true", help="move even if the gate fails")
             cmd.add_argument("--dry-run", action="store_true", help="decide, change nothing")
-        if name == "ui":
+        if name in ("ui", "serve"):
+            port = 5000 if name == "ui" else 5001
             cmd.add_argument("--host", default="127.0.0.1", help="(default: %(default)s)")
-            cmd.add_argument("--port", type=int, default=5000, help="(default: %(default)s)")
+            cmd.add_argument(
+                "--port", type=int, default=port, help="1..65535 (default: %(default)s)"
+            )
+        if name == "serve":
+            cmd.add_argument(
+                "--model",
+                help="model URI (default: models:/<mlflow.registered_model>@<promote.alias>)",
+            )
+            cmd.add_argument(
+                "--max-body-mb",
+                type=float,
+                # 10 000 rows (the scorer's limit) of integer grey levels fit in 32 MB of JSON.
+                default=32.0,
+                help="largest request body in MB, > 0 (default: %(default)s)",
+            )
+            cmd.add_argument(
+                "--workers", type=int, default=1, help="server processes (default: %(default)s)"
+            )
     return parser
 
 
+def check_server_args(args: argparse.Namespace) -> None:
+    """`hvae ui` and `hvae serve`: the arguments checked before anything is imported or read
+    (whether the address is free is checked later, by commands.check_listen)."""
+    if not 1 <= args.port <= 65535:
+        raise ConfigError(f"--port {args.port}: expected a port in 1..65535")
+    if args.command != "serve":
+        return
+    if not args.max_body_mb > 0:  # also refuses nan
+        raise ConfigError(f"--max-body-mb {args.max_body_mb}: expected a size in MB > 0")
+    if args.workers < 1:
+        raise ConfigError(f"--workers {args.workers}: expected 1 or more")
+
+
 def _run(args: argparse.Namespace) -> int | None:
+    if args.command in ("ui", "serve"):
+        check_server_args(args)
     from hvae.config import GATE_METRICS, load_params
-    from hvae.tracking import project_root
 
     params = load_params(args.params)
+    if args.command == "prepare":  # needs no store: MLflow is not even imported
+        return importlib.import_module("hvae.stages.prepare").run(params)
+    from hvae.tracking import project_root
+
     root = project_root(Path.cwd())
     if args.command in COMMANDS:
         from hvae import commands
@@ -80,25 +130,44 @@ def _run(args: argparse.Namespace) -> int | None:
                 f"tags versions with); got {args.metric!r}"
             )
         return getattr(commands, args.command)(args, params, root)
-    stage = importlib.import_module(f"hvae.stages.{args.command}")
-    if args.command == "prepare":
-        return stage.run(params)
-    return stage.run(params, root)
+    if args.command in TENSORFLOW_STAGES:
+        logs.import_tensorflow()
+    return importlib.import_module(f"hvae.stages.{args.command}").run(params, root)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    # Quiet TensorFlow's C++ start-up chatter; users can still override it.
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Before TensorFlow or MLflow is imported: their start-up chatter must not bury the
+    # command's own line (users can still override the levels, see hvae.logs).
+    logs.quiet()
     started = time.perf_counter()
+    previous = None
+    # Not from another thread (an embedding application), nor if our parent ignores SIGTERM.
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
+        with contextlib.suppress(ValueError):
+            previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         code = _run(args)
     except HVAEError as exc:
         print(f"hvae {args.command}: error: {exc}", file=sys.stderr)
         return 1
+    except Terminated:
+        print(f"hvae {args.command}: terminated", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print(f"hvae {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:
+        # A store that opened but is damaged further in: one line too, not SQLAlchemy's.
+        tracking = sys.modules.get("hvae.tracking")
+        damaged = tracking.damaged_store_error(exc) if tracking else None
+        if damaged is None:
+            raise
+        print(f"hvae {args.command}: error: {damaged}", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     if args.command in STAGES:
         print(f"hvae {args.command}: done in {time.perf_counter() - started:.1f} s")
     return code or 0

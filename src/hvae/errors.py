@@ -23,3 +23,7 @@ class TrackingError(HVAEError):
 
 class RegistryError(HVAEError):
     """A registered model, version, alias or version metric is missing, or a gate failed."""
+
+
+class ServerError(HVAEError):
+    """A server the command started (the MLflow UI, a model server) stopped, or never served."""

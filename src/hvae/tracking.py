@@ -104,7 +104,106 @@ def configure(root: Path) -> str:
     mlflow.set_registry_uri(uri)
     if user is None:
         _uri_set_here = os.environ.get(TRACKING_ENV)
+    check_store(uri)
     return uri
+
+
+def _store_name(uri: str) -> str:
+    """The store as a user knows it: a SQLite store's file, another URI without password."""
+    if uri.startswith("sqlite:///"):
+        return uri.removeprefix("sqlite:///").split("?", 1)[0] or uri
+    parsed = urllib.parse.urlsplit(uri)
+    if parsed.password:
+        netloc = parsed.netloc.replace(f":{parsed.password}@", ":***@", 1)
+        return f"{TRACKING_ENV}={urllib.parse.urlunsplit(parsed._replace(netloc=netloc))}"
+    return f"{TRACKING_ENV}={uri}"
+
+
+def _check_sqlite_file(path: Path) -> None:
+    """What MLflow would only find out after retrying for minutes (a folder, a file it
+    cannot open) or in a traceback (not a database): OSError, sqlite3.Error, TrackingError."""
+    import sqlite3
+
+    if path.is_dir():
+        raise IsADirectoryError("a directory, not an SQLite file")
+    if not path.exists():
+        if not path.parent.is_dir():
+            raise TrackingError(
+                f"{path}: cannot create the MLflow store: its folder {path.parent} does not "
+                f"exist (create it, or set {TRACKING_ENV} to another store)"
+            )
+        return  # MLflow creates it
+    query = urllib.parse.quote(str(path.resolve()))
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{query}?mode=ro", uri=True)) as db:
+            db.execute("SELECT name FROM sqlite_master").fetchall()  # the header and schema
+    except sqlite3.OperationalError as exc:
+        if "locked" not in str(exc) and "busy" not in str(exc):
+            raise
+        # Another command is writing to it: not damage. MLflow waits for its turn itself.
+
+
+def check_store(uri: str) -> None:
+    """Open a database or file store once, so that a damaged or unreadable one stops the
+    command in one line naming it, instead of a SQLAlchemy traceback from whatever touched
+    it first. MLflow keeps the opened store (one per URI) for every later call."""
+    if is_server(uri):
+        return  # check_reachable asked it already
+    import sqlite3
+
+    from alembic.util.exc import CommandError
+    from sqlalchemy.exc import SQLAlchemyError
+
+    name = _store_name(uri)
+    failures = (MlflowException, SQLAlchemyError, CommandError, sqlite3.Error, OSError, ImportError)
+    try:
+        if uri.startswith("sqlite:///"):
+            _check_sqlite_file(Path(name))
+        MlflowClient(tracking_uri=uri)
+    except failures as exc:
+        raise _store_error(uri, exc, "cannot open the MLflow store") from None
+
+
+def _store_error(uri: str, exc: BaseException, what: str) -> TrackingError:
+    """One line: the store, what failed and why (the first line of the cause), the fix."""
+    text = str(getattr(exc, "orig", None) or exc).strip()
+    reason = text.splitlines()[0] if text else type(exc).__name__
+    name = _store_name(uri)
+    if "mlflow db upgrade" in text:  # written by an older MLflow: MLflow's own advice
+        fix = f"back it up, then run `mlflow db upgrade {uri}`"
+    elif "Can't locate revision" in text:
+        fix = f"a newer MLflow than this {mlflow.__version__} wrote it: upgrade mlflow"
+    elif "unable to open" in text or "readonly" in text:
+        fix = "check that this user may read and write it, and its folder"
+    elif uri.startswith("sqlite:"):
+        fix = (
+            f"restore it from a backup, or move it aside (`mv {name} {name}.broken`) "
+            "so the next command starts an empty store"
+        )
+    else:
+        fix = "check the URI and the database"
+    return TrackingError(f"{name}: {what} ({reason}); {fix}")
+
+
+_DAMAGED = ("database disk image is malformed", "file is not a database")
+
+
+def damaged_store_error(exc: BaseException) -> TrackingError | None:
+    """For an exception a command let through: if SQLite found the store damaged (deeper in
+    the file than check_store reads), the one line check_store gives; else None."""
+    import sqlite3
+
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        e = stack.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, sqlite3.DatabaseError) and str(e).strip() in _DAMAGED:
+            return _store_error(mlflow.get_tracking_uri(), e, "the MLflow store is damaged")
+        stack += [getattr(e, "orig", None), e.__cause__, e.__context__]
+    return None
 
 
 def artifact_root(root: Path) -> Path | None:

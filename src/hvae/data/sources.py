@@ -7,9 +7,11 @@ Order: `$HVAE_DATA_DIR/<dataset>/`, then `data/raw/<dataset>/`, then the public 
 
 from __future__ import annotations
 
+import errno
 import gzip
 import hashlib
 import os
+import stat
 import tempfile
 import urllib.error
 import urllib.request
@@ -65,10 +67,48 @@ FASHION_MNIST = DatasetSpec(
 DATASETS = {spec.name: spec for spec in (MNIST, FASHION_MNIST)}
 
 
-def _find(folder: Path, stem: str) -> Path | None:
+def _find(folder: Path, stem: str, spec: DatasetSpec) -> Path | None:
+    """The file to read for `stem` in `folder` (gzip first), None when neither name is there.
+
+    Something under either name that is not a non-empty regular file (a directory, a
+    symlink to /dev/null or to nothing, a device) is not "missing": it is an error naming it.
+    """
     for candidate in (folder / f"{stem}.gz", folder / stem):
-        if candidate.is_file():
-            return candidate
+        if not os.path.lexists(candidate):
+            continue
+        problem = _not_a_data_file(candidate)
+        if problem:
+            raise DataError(
+                f"{candidate}: {problem}; expected the {spec.name} IDX file {stem} (gzip or "
+                f"plain, MD5 {spec.md5[stem]} uncompressed): replace or remove it"
+            )
+        return candidate
+    return None
+
+
+def _not_a_data_file(path: Path) -> str | None:
+    """Why `path` cannot be a data file, or None if it may be one."""
+    link = os.readlink(path) if path.is_symlink() else None
+    via = f" (a symlink to {link})" if link is not None else ""
+    try:
+        info = path.stat()
+    except FileNotFoundError:
+        return f"broken symlink -> {link}" if link is not None else "vanished while read"
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return f"symlink loop -> {link}"
+        return f"cannot read{via} ({exc.strerror})"
+    if stat.S_ISDIR(info.st_mode):
+        return f"a directory{via}, not a file"
+    if path.resolve() == Path(os.devnull).resolve():
+        return f"empty file{via}"
+    if not stat.S_ISREG(info.st_mode):
+        kind = {stat.S_IFCHR: "a character device", stat.S_IFBLK: "a block device"}.get(
+            stat.S_IFMT(info.st_mode), "a pipe or socket"
+        )
+        return f"not a regular file{via}: {kind}"
+    if info.st_size == 0:
+        return f"empty file{via}"
     return None
 
 
@@ -125,7 +165,7 @@ def obtain(
 
     out = {}
     for stem in stems:
-        path = next((p for d in local_dirs if (p := _find(d, stem)) is not None), None)
+        path = next((p for d in local_dirs if (p := _find(d, stem, spec)) is not None), None)
         if path is None:
             if not mirrors:
                 searched = ", ".join(str(d) for d in local_dirs)

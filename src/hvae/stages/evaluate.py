@@ -37,15 +37,16 @@ def run(params: Params, root: Path) -> None:
     started = time.perf_counter()
     e = params.evaluate
     keras.utils.set_random_seed(params.seed)
-    tracking.configure(root)
-    # The run that trained exactly these files, or a one-line refusal before any work.
+    # Local inputs first: a missing one stops the stage before the store is opened (or made).
     model_digest = artifacts.files_digest(paths.MODELS)
-    run_id = tracking.read_run_record(model_digest)
     manifest = prepared.read_manifest(paths.PREPARED)
     test = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "test")
     ood_test = prepared.load_split(paths.PREPARED, paths.OOD_FILE, "test")
     train = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "train")  # probe labels
     model = artifacts.load_model(paths.MODELS)
+    tracking.configure(root)
+    # The run that trained exactly these files, or a one-line refusal before any work.
+    run_id = tracking.read_run_record(model_digest)
 
     metrics: dict[str, float] = {}
     metrics.update(evaluation.elbo_and_kl(model, test.images, e.batch_size))

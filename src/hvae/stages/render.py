@@ -14,18 +14,68 @@ import pandas as pd
 from hvae import artifacts, atomic, figures, paths, representations, tracking
 from hvae.config import Params
 from hvae.data import prepared
+from hvae.errors import DataError
+
+
+class _Metrics(dict):
+    """reports/metrics.json: a metric it lacks is one line naming the file and the key."""
+
+    def __missing__(self, key: str) -> float:
+        raise DataError(
+            f"{paths.METRICS}: no metric {key!r} (written by an older or unfinished evaluate); "
+            "run `hvae evaluate`"
+        )
+
+
+def _read_csv(path: Path, stage: str) -> pd.DataFrame:
+    try:
+        return pd.read_csv(path)
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found (run `hvae {stage}` first)") from None
+    except (OSError, ValueError) as exc:  # pandas' EmptyDataError and ParserError too
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise DataError(f"{path}: unreadable CSV ({first}); run `hvae {stage}` again") from None
+
+
+def _read_metrics() -> _Metrics:
+    path = paths.METRICS
+    try:
+        metrics = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found (run `hvae evaluate` first)") from None
+    except OSError as exc:
+        raise DataError(f"{path}: cannot read ({exc.strerror})") from None
+    except ValueError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc}); run `hvae evaluate` again") from None
+    if not isinstance(metrics, dict):
+        raise DataError(
+            f"{path}: expected a JSON object of metric names and values, got "
+            f"{type(metrics).__name__}; run `hvae evaluate` again"
+        )
+    return _Metrics(metrics)
+
+
+def _read_reports() -> tuple[pd.DataFrame, _Metrics, dict[str, pd.DataFrame], pd.DataFrame]:
+    """What train and evaluate wrote, checked before anything is loaded or opened."""
+    history = _read_csv(paths.HISTORY, "train")
+    probes = _read_csv(paths.TIME_TO_QUALITY, "train")
+    metrics = _read_metrics()
+    files = sorted(paths.OOD_ROC.glob("*.csv"))
+    if not files:
+        raise DataError(f"{paths.OOD_ROC}: no ROC curves (*.csv) (run `hvae evaluate` first)")
+    curves = {f.stem: _read_csv(f, "evaluate") for f in files}
+    return history, metrics, curves, probes
 
 
 def run(params: Params, root: Path) -> None:
     r = params.render
+    history, metrics, curves, probes = _read_reports()
     keras.utils.set_random_seed(params.seed)
     tracking.configure(root)
     run_id = tracking.read_run_record(artifacts.files_digest(paths.MODELS))
     model = artifacts.load_model(paths.MODELS)
     test = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "test")
     manifest = prepared.read_manifest(paths.PREPARED)
-    history = pd.read_csv(paths.HISTORY)
-    metrics = json.loads(paths.METRICS.read_text())
 
     inputs = test.flat()[: r.n_images].astype(np.float32)
     recon = model.reconstruct(inputs).numpy()
@@ -54,7 +104,6 @@ def run(params: Params, root: Path) -> None:
         "layer_kl.png": figures.layer_kl(history, test_kl),
     }
     pictures.update(_layer_pictures(model, test, r))
-    curves = {f.stem: pd.read_csv(f) for f in sorted(paths.OOD_ROC.glob("*.csv"))}
     pictures["ood_roc.png"] = figures.ood_roc(
         curves,
         {name: metrics[f"ood_{name}_auroc"] for name in curves},
@@ -65,7 +114,6 @@ def run(params: Params, root: Path) -> None:
     )
     features = [f"z{i + 1}" for i in range(model.n_layers)] + ["all", "pixels"]
     pictures["probe_accuracy.png"] = figures.probe_accuracy(metrics, budgets, features)
-    probes = pd.read_csv(paths.TIME_TO_QUALITY)
     if len(probes):
         t = params.train
         pictures["time_to_quality.png"] = figures.time_to_quality(

@@ -53,12 +53,12 @@ def run(params: Params, root: Path) -> None:
     strategy = distribute.choose_strategy(t.strategy)
     keras.utils.set_random_seed(params.seed)
     chief = distribute.is_chief(strategy)
+    manifest = prepared.read_manifest(paths.PREPARED)  # no prepared data: stop before the store
     if chief:
         # Before any training: a store or experiment that would lose the run's artifacts
         # stops the stage now, not after an hour of training.
         tracking.configure(root)
         experiment_id = tracking.ensure_experiment(params.experiment, root)
-    manifest = prepared.read_manifest(paths.PREPARED)
     train = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "train")
     valid = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "valid")
     # train.batch_size is global: each step splits it over the replicas (of all workers),
