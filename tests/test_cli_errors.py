@@ -438,3 +438,20 @@ def test_the_filter_keeps_what_is_not_known_noise() -> None:
     assert logs.drop_noise(lines) == ["UserWarning: something real\n"]
     # With a driver installed, a failing cuInit is news: kept.
     assert logs.drop_noise(lines[2:]) == lines[2:]
+
+
+@pytest.mark.parametrize(
+    ("level", "filtered"), [(None, True), ("2", True), ("3", True), ("1", False), ("0", False)]
+)
+def test_asking_tensorflow_for_its_notices_turns_the_filter_off(
+    monkeypatch: pytest.MonkeyPatch, level: str | None, filtered: bool
+) -> None:
+    """Level 2 inherited from a parent hvae (or a test that ran main in-process) still
+    filters; only a user who asks for INFO or WARNING lines gets the start-up notices."""
+    from hvae import logs
+
+    if level is None:
+        monkeypatch.delenv("TF_CPP_MIN_LOG_LEVEL", raising=False)
+    else:
+        monkeypatch.setenv("TF_CPP_MIN_LOG_LEVEL", level)
+    assert logs._filtering() is filtered

@@ -12,7 +12,7 @@ CPU machine):
 - MLflow's INFO lines ("Creating initial MLflow database tables...", "Updating database
   tables", system-metrics monitoring): MLFLOW_LOGGING_LEVEL=WARNING keeps its warnings.
 
-Anything the user set wins: an explicit TF_CPP_MIN_LOG_LEVEL also turns the filter off.
+Anything the user set wins: TF_CPP_MIN_LOG_LEVEL=0 or 1 also turns the filter off.
 Our own code reports through print and HVAEError, which none of this touches.
 """
 
@@ -58,7 +58,10 @@ def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
 
 
 def _filtering() -> bool:
-    return os.environ.get("TF_CPP_MIN_LOG_LEVEL") == _set_here.get("TF_CPP_MIN_LOG_LEVEL")
+    # The notices dropped are the INFO/WARNING lines level 2 is meant to hide; a user who asks
+    # for them (level 0 or 1) gets them. Level 2 inherited from a parent hvae filters too.
+    level = os.environ.get("TF_CPP_MIN_LOG_LEVEL", DEFAULTS["TF_CPP_MIN_LOG_LEVEL"]).strip()
+    return not level.isdigit() or int(level) >= 2
 
 
 def drop_noise(lines: list[str]) -> list[str]:
