@@ -1,16 +1,17 @@
-# `make repro` and `make test` first build .venv from uv.lock (exact versions and hashes of
-# every package) when it is missing or older than pyproject.toml or uv.lock.
+# `make repro`, `make test` and `make docs` first build .venv from uv.lock (exact versions and
+# hashes of every package) when it is missing or older than pyproject.toml or uv.lock.
 #   make lock           re-resolve uv.lock after editing pyproject.toml (other pins kept)
 #   make lock-upgrade   re-resolve every package to the newest release pyproject.toml allows
-#   make repro EXTRAS="--extra dev --extra gpu"   the same, with the CUDA build of TensorFlow
+#   make docs           the documentation site (mkdocs.yml, docs/) into site/, strict
+#   make repro EXTRAS="--extra dev --extra docs --extra gpu"   with the CUDA build of TensorFlow
 PYTHON ?= python3
 UV_VERSION := 0.13.9
-EXTRAS ?= --extra dev
+EXTRAS ?= --extra dev --extra docs
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: repro test lint lock lock-upgrade bench clean-venv
+.PHONY: repro test lint docs lock lock-upgrade bench clean-venv
 
 $(STAMP): pyproject.toml uv.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -29,8 +30,14 @@ test: $(STAMP)
 	PATH="$(CURDIR)/$(BIN):$$PATH" $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests bench
-	$(BIN)/ruff format --check src tests bench
+	$(BIN)/ruff check src tests bench docs
+	$(BIN)/ruff format --check src tests bench docs
+
+# --strict: a broken link or anchor, a page missing from the nav, or a failure of the params
+# reference (docs/gen_params.py, run by docs/hooks.py) fails the build. NO_MKDOCS_2_WARNING
+# silences Material's end-of-life banner.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict
 
 lock: $(STAMP)
 	$(BIN)/uv lock
