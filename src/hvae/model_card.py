@@ -11,6 +11,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from hvae import pyfunc
+
 # Published test NLLs on MNIST (nats; dynamically binarized training data), from the papers.
 PUBLISHED_MNIST = (
     ("VAE, 1 stochastic layer (Burda et al. 2015)", 86.76, 5000),
@@ -95,9 +97,15 @@ def render(
         "```",
         "",
         "```bash",
+        f"hvae serve --model models:/{name}/{version}  # in the project: body limit, short errors",
         f"mlflow models serve -m models:/{name}/{version} --env-manager uv -p 5001",
         f"mlflow models generate-dockerfile -m models:/{name}/{version}",
         "```",
+        "",
+        f"A request holds at most {pyfunc.MAX_ROWS:,} rows and rows * `iw_samples` is at most "
+        f"{pyfunc.MAX_ROW_SAMPLES:,}; `iw_samples` is 1 to {pyfunc.MAX_IW_SAMPLES}. A row's "
+        "scores depend on that row alone (its noise is seeded by its pixels): the same rows "
+        "give the same numbers, alone, batched or concurrently.",
         "",
         "The version carries the `hvae` package code it was trained with and these pinned "
         "requirements: " + ", ".join(f"`{r}`" for r in requirements) + ".",
