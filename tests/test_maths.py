@@ -274,7 +274,8 @@ def test_bound_above_k_drops_the_prior_drawn_layers() -> None:
     stats += [LayerStats(t(4, 2), t(4, 2), tf.exp(t(4, 2)), t(4, 2), tf.exp(t(4, 2)))] * 2
     calls = []
 
-    def decode(features, prior_layers):
+    def decode(features, prior_layers, eps=None):
+        assert eps is None  # the model's own sampler: no noise given
         calls.append(prior_layers)
         return logits, stats
 

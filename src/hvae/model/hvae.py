@@ -295,10 +295,7 @@ class HierarchicalVAE(keras.Model):
         L_{>k} of Havtorn et al. (2021): only z_{>k} is inferred from x.
         `eps` (one (rows, dim) tensor per layer) is the draws' noise, as in `decode`.
         """
-        if eps is None:
-            logits, stats = self.decode(features, prior_layers=prior_layers)
-        else:
-            logits, stats = self.decode(features, prior_layers=prior_layers, eps=eps)
+        logits, stats = self.decode(features, prior_layers=prior_layers, eps=eps)
         log_w = bernoulli_log_prob(x, logits)
         for s in stats[prior_layers:]:
             log_w += gaussian_log_prob(s.z, s.p_mu, s.p_sigma)
