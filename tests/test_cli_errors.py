@@ -135,7 +135,7 @@ def test_ui_refuses_a_port_in_use(project: Path) -> None:
 def test_serve_checks_its_arguments_before_anything(project: Path) -> None:
     before = _files(project)
     result = _hvae(project, "serve", "--max-body-mb", "0", timeout=120)
-    _one_line(result, "serve", "--max-body-mb 0.0: expected a size in MB > 0")
+    _one_line(result, "serve", "--max-body-mb 0.0: expected a size in MB > 0 and <= 1024")
     assert _files(project) == before
 
 
@@ -143,8 +143,14 @@ def test_serve_checks_its_arguments_before_anything(project: Path) -> None:
     ("argv", "message"),
     [
         (["--port", "0"], "--port 0: expected a port in 1..65535"),
-        (["--max-body-mb", "-1"], "--max-body-mb -1.0: expected a size in MB > 0"),
-        (["--workers", "0"], "--workers 0: expected 1 or more"),
+        (["--max-body-mb", "-1"], "--max-body-mb -1.0: expected a size in MB > 0 and <= 1024"),
+        (
+            ["--max-body-mb", "1e6"],
+            "--max-body-mb 1000000.0: expected a size in MB > 0 and <= 1024",
+        ),
+        (["--max-body-mb", "nan"], "--max-body-mb nan: expected a size in MB > 0 and <= 1024"),
+        (["--workers", "0"], "--workers 0: expected 1 to 32"),
+        (["--workers", "1000000"], "--workers 1000000: expected 1 to 32"),
     ],
 )
 def test_serve_argument_checks(argv, message, project: Path, monkeypatch, capsys) -> None:

@@ -32,6 +32,9 @@ COMMANDS = {
 }
 # The stages that run TensorFlow: imported up front, without its start-up notices.
 TENSORFLOW_STAGES = ("train", "evaluate", "render")
+# `hvae serve` bounds: each worker holds a model (~0.8 GB here), and every body is read whole.
+MAX_WORKERS = 32
+MAX_BODY_MB = 1024
 
 
 class Terminated(KeyboardInterrupt):
@@ -102,10 +105,12 @@ def check_server_args(args: argparse.Namespace) -> None:
         raise ConfigError(f"--port {args.port}: expected a port in 1..65535")
     if args.command != "serve":
         return
-    if not args.max_body_mb > 0:  # also refuses nan
-        raise ConfigError(f"--max-body-mb {args.max_body_mb}: expected a size in MB > 0")
-    if args.workers < 1:
-        raise ConfigError(f"--workers {args.workers}: expected 1 or more")
+    if not 0 < args.max_body_mb <= MAX_BODY_MB:  # also refuses nan
+        raise ConfigError(
+            f"--max-body-mb {args.max_body_mb}: expected a size in MB > 0 and <= {MAX_BODY_MB}"
+        )
+    if not 1 <= args.workers <= MAX_WORKERS:
+        raise ConfigError(f"--workers {args.workers}: expected 1 to {MAX_WORKERS}")
 
 
 def _run(args: argparse.Namespace) -> int | None:
