@@ -6,7 +6,7 @@ import json
 import sys
 import time
 
-from hvae import determinism
+from hvae.training import determinism
 
 
 def main() -> None:
@@ -18,8 +18,8 @@ def main() -> None:
 
     from hvae.config import load_params
     from hvae.data.pipeline import train_dataset
-    from hvae.distribute import weights_digest
-    from hvae.training import compiled_model
+    from hvae.training.distribute import weights_digest
+    from hvae.training.fit import compiled_model
 
     params = load_params(path)
     batch = params.train.batch_size

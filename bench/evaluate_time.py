@@ -13,9 +13,10 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from hvae import artifacts, evaluation, paths
+from hvae import artifacts, paths
 from hvae.config import load_params
 from hvae.data import prepared
+from hvae.evaluation import bounds
 
 
 def main() -> None:
@@ -28,7 +29,7 @@ def main() -> None:
     model = artifacts.load_model(paths.MODELS)
     test = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "test")
     started = time.perf_counter()
-    log_px = evaluation.iw_log_likelihood(model, test.images, k, e.batch_size, e.chunk_size)
+    log_px = bounds.iw_log_likelihood(model, test.images, k, e.batch_size, e.chunk_size)
     seconds = time.perf_counter() - started
     print(f"IW NLL, k={k}, {len(test)} test images: {-log_px.mean():.2f} nats in {seconds:.0f} s")
 

@@ -21,7 +21,7 @@ import keras, numpy as np, pandas as pd
 from hvae import artifacts
 from hvae.config import load_params
 from hvae.model import build_model
-from hvae.pyfunc import HVAEScorer
+from hvae.serving.pyfunc import HVAEScorer
 
 def peak_mib():
     for line in Path("/proc/self/status").read_text().splitlines():

@@ -1,9 +1,9 @@
-"""Load test of `hvae.serving` on loopback: latency, throughput, peak RSS, determinism.
+"""Load test of `hvae.serving.server` on loopback: latency, throughput, peak RSS, determinism.
 
     python -m bench.serve_load [--model-uri URI] [--clients 4] [--requests 20] [--rows 100]
         [--iw-samples 100] [--bodies 4] [--max-seconds 300] [--workers 1]
 
-Starts `hvae.serving.serve` in a subprocess on a free loopback port, waits for /ping, sends
+Starts `hvae.serving.server.serve` in a subprocess on a free loopback port, waits for /ping, sends
 each of `--bodies` request bodies once in turn (the sequential reference), then runs
 `--clients` threads of `--requests` requests each over the same bodies (no new request
 starts after `--max-seconds`), and stops the server. Prints p50/p99 latency, requests/s,
@@ -36,7 +36,7 @@ import numpy as np
 
 SERVER = (
     "import sys\n"
-    "from hvae.serving import serve\n"
+    "from hvae.serving.server import serve\n"
     "serve(sys.argv[1], '127.0.0.1', int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]))"
 )
 
@@ -47,10 +47,11 @@ def default_model(folder: Path, params: str) -> str:
     import mlflow
     import pandas as pd
 
-    from hvae import artifacts, registry
+    from hvae import artifacts
     from hvae.config import load_params
     from hvae.model import build_model
-    from hvae.pyfunc import LIMITS, HVAEScorer
+    from hvae.serving.pyfunc import LIMITS, HVAEScorer
+    from hvae.tracking import registry
 
     keras.utils.set_random_seed(0)
     weights = folder / "weights"
@@ -63,7 +64,7 @@ def default_model(folder: Path, params: str) -> str:
     path = folder / "pyfunc"
     mlflow.pyfunc.save_model(
         str(path),
-        loader_module="hvae.pyfunc",
+        loader_module="hvae.serving.pyfunc",
         data_path=str(weights),
         signature=registry._signature(frame, scores),
         pip_requirements=registry.pinned_requirements(),

@@ -24,7 +24,7 @@ import tensorflow as tf
 from bench.seed_vae import eager_examples_per_second
 from hvae.config import load_params
 from hvae.data.pipeline import train_dataset
-from hvae.training import compiled_model
+from hvae.training.fit import compiled_model
 
 
 def compiled_examples_per_second(model, data: tf.data.Dataset, batch: int, steps: int) -> float:

@@ -24,7 +24,7 @@ import pandas as pd
 import yaml
 
 from hvae import paths
-from hvae.distribute import tf_config
+from hvae.training.distribute import tf_config
 
 TINY = ["model.hidden_dim=32", "train.batch_size=250", "train.kl_warmup_epochs=1"]
 

@@ -304,6 +304,31 @@ def test_render_without_metrics_json(project: Path) -> None:
     assert _files(project) == before  # no figures, no mlflow.db: it stopped before both
 
 
+def test_ood_refuses_missing_unreadable_or_mismatched_test_scores(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ood reuses evaluate's per-image NLLs only if they were estimated with today's k."""
+    import numpy as np
+
+    from hvae.errors import DataError
+    from hvae.stages import ood
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(DataError, match=r"^data/scores/test.npz: not found \(run `hvae evaluate`"):
+        ood._read_test_scores(1000)
+    (tmp_path / "data/scores").mkdir(parents=True)
+    (tmp_path / "data/scores/test.npz").write_bytes(b"not a zip")
+    with pytest.raises(DataError, match=r"^data/scores/test.npz: unreadable .*run `hvae evaluate`"):
+        ood._read_test_scores(1000)
+    np.savez(tmp_path / "data/scores/test.npz", log_px=np.zeros(3), iw_samples=100)
+    with pytest.raises(
+        DataError,
+        match=r"scored with evaluate.iw_samples 100, params say 1000; run `hvae evaluate` again",
+    ):
+        ood._read_test_scores(1000)
+    assert ood._read_test_scores(100).shape == (3,)
+
+
 def test_models_on_a_damaged_store(project: Path) -> None:
     # A fresh store first: made quietly (MLflow's table-creation INFO lines are gone).
     fresh = _hvae(project, "models")
@@ -325,21 +350,21 @@ def test_models_on_a_damaged_store(project: Path) -> None:
 
 def test_store_check_refuses_junk_a_folder_and_a_missing_folder(tmp_path: Path) -> None:
     """Random bytes; and what MLflow itself retries for about 100 s before failing."""
-    from hvae import tracking
+    from hvae.tracking import runs
 
     (tmp_path / "junk.db").write_bytes(os.urandom(20_000))
     with pytest.raises(TrackingError, match=r"junk\.db: cannot open the MLflow store \(file is"):
-        tracking.check_store(f"sqlite:///{tmp_path / 'junk.db'}")
+        runs.check_store(f"sqlite:///{tmp_path / 'junk.db'}")
     (tmp_path / "mlflow.db").mkdir()
     with pytest.raises(TrackingError, match=r"mlflow\.db: cannot open the MLflow store \(a dir"):
-        tracking.check_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
+        runs.check_store(f"sqlite:///{tmp_path / 'mlflow.db'}")
     with pytest.raises(TrackingError, match=r"its folder .*/nowhere does not exist"):
-        tracking.check_store(f"sqlite:///{tmp_path / 'nowhere' / 'mlflow.db'}")
+        runs.check_store(f"sqlite:///{tmp_path / 'nowhere' / 'mlflow.db'}")
 
 
 def test_a_store_damaged_deeper_in_is_one_line_too(tmp_path: Path) -> None:
     """Damage check_store does not read (it opens the file, no integrity check)."""
-    from hvae import tracking
+    from hvae.tracking import runs
 
     error = sqlite3.DatabaseError("database disk image is malformed")
     try:
@@ -348,10 +373,10 @@ def test_a_store_damaged_deeper_in_is_one_line_too(tmp_path: Path) -> None:
         except sqlite3.DatabaseError as exc:
             raise RuntimeError("wrapped by a library") from exc
     except RuntimeError as wrapped:
-        found = tracking.damaged_store_error(wrapped)
+        found = runs.damaged_store_error(wrapped)
     assert isinstance(found, TrackingError)
     assert "the MLflow store is damaged (database disk image is malformed)" in str(found)
-    assert tracking.damaged_store_error(RuntimeError("other")) is None
+    assert runs.damaged_store_error(RuntimeError("other")) is None
 
 
 # -- 3. a raw data file that is there but wrong ---------------------------------------------

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pytest
 import tensorflow as tf
 
-from hvae.distribute import choose_strategy, describe, is_chief, tf_config
 from hvae.errors import ConfigError
+from hvae.training.distribute import choose_strategy, describe, is_chief, tf_config
 
 
 def _strategy(cluster: dict, task_type: str, task_id: int) -> SimpleNamespace:

@@ -84,18 +84,23 @@ def _refused(project: Path, stage: str, run_id: str) -> None:
     status = client.get_run(run_id).info.status
     result = _hvae(project, stage, "--params", "good.yaml")
     assert result.returncode == 1, result.stderr
-    # render stops even earlier here: evaluate never wrote the metrics it draws.
-    expected = {
-        "evaluate": f"reports/mlflow_run.json: run {run_id} did not finish training (it "
+    unfinished = (
+        f"reports/mlflow_run.json: run {run_id} did not finish training (it "
         "failed, was killed or is still running), so models/ holds no weights of it; "
-        "run `hvae train`",
+        "run `hvae train`"
+    )
+    # ood and render stop even earlier here: evaluate never wrote what they read.
+    expected = {
+        "evaluate": unfinished,
+        "probe": unfinished,
+        "ood": "data/scores/test.npz: not found (run `hvae evaluate` first)",
         "render": "reports/metrics.json: not found (run `hvae evaluate` first)",
     }
     assert result.stderr.strip().splitlines() == [f"hvae {stage}: error: {expected[stage]}"]
     assert len(client.search_model_versions("name = 'hvae-mnist'")) == versions
     assert client.get_run(run_id).info.status == status
-    assert not (project / "reports" / "metrics.json").exists()
-    assert not (project / "reports" / "figures").exists()
+    for written in ("metrics.json", "ood.json", "probe.json", "figures", "model_card.md"):
+        assert not (project / "reports" / written).exists(), written
 
 
 @pytest.fixture(scope="module")
@@ -129,8 +134,8 @@ def test_a_failed_train_is_never_registered(project: Path) -> None:
     failed = _record(project)["run_id"]
     assert failed != first and "model_digest" not in _record(project)
     assert _client(project).get_run(failed).info.status == "FAILED"
-    _refused(project, "evaluate", failed)
-    _refused(project, "render", failed)
+    for stage in ("evaluate", "ood", "probe", "render"):
+        _refused(project, stage, failed)
 
 
 def test_an_interrupted_train_is_killed_and_never_registered(project: Path) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hvae.linear_probe import balanced_subset, fit_softmax, loss_and_grads
+from hvae.evaluation.linear_probe import balanced_subset, fit_softmax, loss_and_grads
 
 
 def _blobs(n: int, seed: int, spread: float = 1.0):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from hvae import model_card
+from hvae.reporting import model_card
 
 ARCHITECTURE = {"latent_dims": [32, 16, 8], "hidden_dim": 64, "blocks_per_layer": 1}
 ARCHITECTURE["activation"] = "elu"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hvae import ood
+from hvae.evaluation import ood
 
 
 def _brute_auroc(a: np.ndarray, b: np.ndarray) -> float:

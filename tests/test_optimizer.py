@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from hvae.optimizer import FusedAdam
+from hvae.training.optimizer import FusedAdam
 
 
 def _run(optimizer: keras.optimizers.Optimizer, steps: int = 5) -> list[np.ndarray]:

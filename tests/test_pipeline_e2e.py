@@ -46,6 +46,7 @@ TINY = [
     "render.n_samples=16",
     "render.hierarchy_rows=2",
 ]
+STAGES = ("prepare", "train", "evaluate", "ood", "probe", "render")
 PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config"]
 
 
@@ -98,13 +99,43 @@ def _new_repo(repo: Path, params: dict | None = None) -> tuple[Path, dict[str, s
 
 
 def test_every_stage_ran(pipeline_run) -> None:
-    repo, _, output = pipeline_run
-    for stage in ("prepare", "train", "evaluate", "render"):
+    repo, env, output = pipeline_run
+    for stage in STAGES:
         assert f"Running stage '{stage}'" in output
         assert f"hvae {stage}: done" in output
+        # Each stage's wall time, a metrics file of its own.
+        timing = json.loads((repo / "reports/timings" / f"{stage}.json").read_text())
+        assert 0 < timing["seconds"] < 1800, stage
     lock = (repo / "dvc.lock").read_text()
-    for stage in ("prepare", "train", "evaluate", "render"):
+    for stage in STAGES:
         assert f"  {stage}:" in lock
+    # Progress of the long steps, one line per tenth in a log (DVC's stdout is no terminal).
+    assert "evaluate: test NLL, k=10: 10,000/10,000 (100 %)" in output
+    assert "ood: fashion-mnist test NLL, k=10: 1,000/10,000 (10 %)" in output
+    assert "probe: encoding images:" in output and "(100 %)" in output
+    shown = json.loads(_run([str(BIN / "dvc"), "metrics", "show", "--json"], repo, env).stdout)
+    files = {name for data in shown.values() for name in data.get("data", {})}
+    expected = {"reports/metrics.json", "reports/ood.json", "reports/probe.json"}
+    expected |= {f"reports/timings/{stage}.json" for stage in STAGES}
+    assert expected <= files, files
+
+
+def test_kl_plot_has_a_file_per_layer(pipeline_run) -> None:
+    repo, env, _ = pipeline_run
+    layers = sorted(p.name for p in (repo / "reports/kl_per_layer").iterdir())
+    assert layers == ["z1.csv", "z2.csv", "z3.csv"]
+    for name in layers:
+        rows = (repo / "reports/kl_per_layer" / name).read_text().splitlines()
+        assert rows[0] == "epoch,train_kl,val_kl" and len(rows) == 2
+    shown = _run([str(BIN / "dvc"), "plots", "show", "--json"], repo, env).stdout
+    plotted = json.loads(shown)
+    assert not plotted.get("errors"), plotted["errors"]
+    for name in layers:  # a plot per layer: the validation KL against the epoch
+        (plot,) = plotted["data"][f"reports/kl_per_layer/{name}"]
+        assert plot["content"]["encoding"]["x"]["field"] == "epoch"
+        assert '"y": {"field": "val_kl"' in json.dumps(plot["content"]["layer"])
+        (row,) = plot["content"]["data"]["values"]
+        assert float(row["val_kl"]) >= 0
 
 
 def test_metrics_are_consistent(pipeline_run) -> None:
@@ -118,11 +149,12 @@ def test_metrics_are_consistent(pipeline_run) -> None:
     for layer, dim in enumerate((32, 16, 8), start=1):
         assert metrics[f"test_kl_z{layer}"] >= 0
         assert metrics[f"active_units_z{layer}"] in range(dim + 1)
-    _check_ood_and_probes(repo, metrics)
+    _check_ood_and_probes(repo)
 
 
-def _check_ood_and_probes(repo: Path, metrics: dict) -> None:
+def _check_ood_and_probes(repo: Path) -> None:
     """OOD metrics and ROC curves for the likelihood and LLR>1, LLR>2; probes per layer."""
+    metrics = json.loads((repo / "reports/ood.json").read_text())
     assert math.isfinite(metrics["ood_test_nll"])
     for score in ("likelihood", "llr_k1", "llr_k2"):
         assert 0.0 <= metrics[f"ood_{score}_auroc"] <= 1.0
@@ -132,6 +164,7 @@ def _check_ood_and_probes(repo: Path, metrics: dict) -> None:
         assert rows[0] == "fpr,tpr" and rows[1] == "0.0,0.0" and rows[-1] == "1.0,1.0"
         assert len(rows) > 100
     assert "ood_llr_k3_auroc" not in metrics  # k = L would infer nothing from x
+    metrics = json.loads((repo / "reports/probe.json").read_text())
     for n in (100, 1000):
         for features in ("z1", "z2", "z3", "all", "pixels"):
             # Ten classes: a probe that learned anything beats chance (0.1).
@@ -183,8 +216,21 @@ def test_mlflow_run_and_registry(pipeline_run) -> None:
     assert (version.tags["dataset"], version.tags["ood_dataset"]) == ("mnist", "fashion-mnist")
     # Lineage and headline metrics on the version; every metric on the run and its model.
     assert "probe_z1_n100" not in version.tags and "ood_llr_k1_auroc" not in version.tags
+    # ood and probe add their headline numbers (two are gate metrics) and their sections to
+    # the card render writes.
+    ood = json.loads((repo / "reports/ood.json").read_text())
+    probe = json.loads((repo / "reports/probe.json").read_text())
+    assert float(version.tags["ood_likelihood_auroc"]) == pytest.approx(
+        ood["ood_likelihood_auroc"], abs=1e-4
+    )
+    assert float(version.tags["ood_test_nll"]) == pytest.approx(ood["ood_test_nll"], abs=1e-3)
+    assert version.tags["ood_llr_samples"] == "4"
+    assert float(version.tags["probe_all_n100"]) == pytest.approx(probe["probe_all_n100"], abs=1e-4)
     card = (repo / "reports/model_card.md").read_text()
     assert version.description == card
+    assert "## Out-of-distribution detection against Fashion-MNIST" in card
+    assert "## Linear probes" in card
+    assert f"| likelihood | {ood['ood_likelihood_auroc']:.3f} |" in card
     assert card.startswith(f"# hvae-mnist version {version.version}\n")
     assert run_id in card and version.tags["git_commit"] in card
     model = client.get_logged_model(run.outputs.model_outputs[0].model_id)
@@ -215,6 +261,29 @@ def test_dvc_status_clean_and_second_repro_does_nothing(pipeline_run) -> None:
     assert "Running stage" not in again
 
 
+def test_an_ood_param_reruns_only_ood_and_render(pipeline_run) -> None:
+    """evaluate.llr_samples is read by ood alone: the NLL, the probes and the version stay."""
+    from mlflow.tracking import MlflowClient
+
+    repo, env, _ = pipeline_run
+    metrics_before = (repo / "reports/metrics.json").read_bytes()
+    probe_before = (repo / "reports/probe.json").read_bytes()
+    args = [str(BIN / "dvc"), "exp", "run"]
+    for setting in [*TINY, "evaluate.llr_samples=5"]:
+        args += ["-S", setting]
+    output = _run(args, repo, env).stdout
+    assert set(re.findall(r"Running stage '(\w+)'", output)) == {"ood", "render"}
+    assert (repo / "reports/metrics.json").read_bytes() == metrics_before
+    assert (repo / "reports/probe.json").read_bytes() == probe_before
+    assert json.loads((repo / "reports/ood.json").read_text())["ood_llr_samples"] == 5
+    uri = f"sqlite:///{repo / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    (version,) = client.search_model_versions("name = 'hvae-mnist'")
+    assert version.tags["ood_llr_samples"] == "5"
+    assert version.description == (repo / "reports/model_card.md").read_text()
+    assert "| `evaluate.llr_samples` | 5 |" in version.description
+
+
 def test_train_change_reruns_train_onwards_never_prepare(pipeline_run) -> None:
     """Runs last: it trains a second experiment in the same workspace."""
     repo, env, _ = pipeline_run
@@ -223,7 +292,7 @@ def test_train_change_reruns_train_onwards_never_prepare(pipeline_run) -> None:
         args += ["-S", setting]
     output = _run(args, repo, env).stdout
     assert "Stage 'prepare' didn't change, skipping" in output
-    assert set(re.findall(r"Running stage '(\w+)'", output)) == {"train", "evaluate", "render"}
+    assert set(re.findall(r"Running stage '(\w+)'", output)) == set(STAGES) - {"prepare"}
 
     from mlflow.tracking import MlflowClient
 

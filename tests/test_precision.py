@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import tensorflow as tf
 
-from hvae import precision
+from hvae.training import precision
 
 CPUINFO = """processor\t: 0
 vendor_id\t: GenuineIntel

@@ -181,7 +181,7 @@ def test_concurrent_promotions_leave_one_consistent_alias(tmp_path: Path) -> Non
     import sys
     import time
 
-    from hvae import locks
+    from hvae.tracking import locks
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     (tmp_path / "params.yaml").write_text(REPO_PARAMS.read_text())

@@ -12,10 +12,11 @@ import pytest
 import tensorflow as tf
 from mlflow.exceptions import MlflowException
 
-from hvae import artifacts, pyfunc
+from hvae import artifacts
 from hvae.errors import DataError
 from hvae.model import build_model
-from hvae.pyfunc import HVAEScorer, _load_pyfunc
+from hvae.serving import pyfunc
+from hvae.serving.pyfunc import HVAEScorer, _load_pyfunc
 
 
 @pytest.fixture(scope="module")

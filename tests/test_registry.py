@@ -11,8 +11,9 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from hvae import artifacts, registry
+from hvae import artifacts
 from hvae.model import build_model
+from hvae.tracking import registry
 
 
 @pytest.fixture(scope="module")
@@ -93,17 +94,67 @@ def test_the_artifact_holds_no_pickle(registered) -> None:
     files = {p.relative_to(local).as_posix() for p in local.rglob("*") if p.is_file()}
     assert not [f for f in files if f.endswith((".pkl", ".pickle", ".cloudpickle"))], files
     assert {"data/hvae/model.weights.h5", "data/hvae/model.json", "MLmodel"} <= files
-    assert "loader_module: hvae.pyfunc" in (local / "MLmodel").read_text()
+    assert "loader_module: hvae.serving.pyfunc" in (local / "MLmodel").read_text()
 
 
 def test_the_artifact_carries_its_code_and_pinned_requirements(registered) -> None:
     import importlib.metadata
 
     local = Path(mlflow.artifacts.download_artifacts("models:/m/1"))
-    assert (local / "code/hvae/pyfunc.py").is_file() and (local / "code/hvae/model").is_dir()
+    assert (local / "code/hvae/serving/pyfunc.py").is_file() and (
+        local / "code/hvae/model"
+    ).is_dir()
     assert not list(local.rglob("__pycache__"))
     pins = dict(
         line.split("==") for line in (local / "requirements.txt").read_text().split() if line
     )
     for package in ("mlflow", "tensorflow", "keras", "numpy", "pandas", "h5py"):
         assert pins[package] == importlib.metadata.version(package), package
+
+
+def test_mlflow_keys_name_each_metric_by_its_stage() -> None:
+    assert registry.mlflow_keys(
+        {"test_nll": 1, "active_units_z1": 2, "ood_llr_k1_auroc": 3, "probe_z1_n100": 4}
+    ) == {"test/nll": 1, "test/active_units_z1": 2, "ood/llr_k1_auroc": 3, "probe/z1_n100": 4}
+
+
+def test_later_stages_complete_the_version_and_survive_a_re_evaluation(
+    registered, tmp_path: Path
+) -> None:
+    """ood and probe set their own tags, which a re-evaluation keeps; the card collects every
+    stage's metrics file."""
+    import json
+
+    from hvae.config import load_params
+    from hvae.tracking import card
+
+    assert registry.logged_model_of_run("m", registered.run_id).version == "1"
+    assert registry.logged_model_of_run("m", "no-such-run") is None
+    registry.replace_tags("m", "1", {"ood_likelihood_auroc": "0.9000", "ood_llr_samples": "4"})
+    registry.replace_tags("m", "1", {"probe_all_n10": "0.5"}, stale_prefix="probe_all_n")
+    # A new label budget: the old one's tag goes.
+    registry.replace_tags("m", "1", {"probe_all_n20": "0.6"}, stale_prefix="probe_all_n")
+    registry.register("m", registered.again_logged, {"test_nll": "88.0"})  # evaluate again
+    tags = MlflowClient().get_model_version("m", "1").tags
+    assert tags["ood_llr_samples"] == "4" and tags["ood_likelihood_auroc"] == "0.9000"
+    assert tags["probe_all_n20"] == "0.6" and "probe_all_n10" not in tags
+    assert tags["test_nll"] == "88.0"
+
+    test = {"test_nll": 88.0, "test_elbo": -92.0, "test_recon": 70.0, "test_kl": 22.0}
+    test |= {"test_kl_z1": 15.0, "test_kl_z2": 7.0, "active_units_z1": 4, "active_units_z2": 3}
+    test |= {"iw_samples": 10, "test_images": 3}
+    ood = {"ood_test_nll": 300.0, "ood_likelihood_auroc": 0.987, "ood_likelihood_auprc": 0.9}
+    ood |= {"ood_likelihood_fpr80": 0.01, "ood_llr_samples": 5}
+    for name, values in (("metrics.json", test), ("ood.json", ood)):
+        (tmp_path / name).write_text(json.dumps(values))
+        with mlflow.start_run(run_id=registered.run_id):
+            mlflow.log_artifact(str(tmp_path / name))
+    assert card.run_metrics(registered.run_id) == {**test, **ood}
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml")
+    model = build_model({"latent_dims": [4, 3], "hidden_dim": 16})
+    version, text = card.publish("m", registered.run_id, model, params)
+    assert version == "1" and MlflowClient().get_model_version("m", "1").description == text
+    assert "**88.00 nats**" in text and "| likelihood | 0.987 |" in text
+    assert "## Linear probes" not in text  # probe has not run: no empty section
+    assert card.publish("m", "no-such-run", model, params) is None

@@ -8,7 +8,7 @@ import keras
 import numpy as np
 import pytest
 
-from hvae import anomaly, representations
+from hvae.evaluation import anomaly, representations
 from hvae.model import build_model
 
 
@@ -83,3 +83,22 @@ def test_llr_scores_for_every_k_the_hierarchy_allows(tiny) -> None:
     for values in scores.values():
         assert values.shape == (40,) and np.isfinite(values).all()
     np.testing.assert_array_equal(anomaly.likelihood_score(np.array([-80.0])), [80.0])
+
+
+def test_every_pass_reports_each_image_once_to_its_progress(tiny) -> None:
+    """The stages' progress lines count images: each pass over the set adds up to its size,
+    batch by batch (the last batch short)."""
+    from hvae.evaluation import bounds
+
+    seen: list[int] = []
+    bounds.iw_log_likelihood(tiny.model, tiny.images, 3, 16, 3, advance=seen.append)
+    assert seen == [16, 16, 8]
+    seen.clear()
+    bounds.elbo_and_kl(tiny.model, tiny.images, 16, advance=seen.append)
+    assert sum(seen) == 40
+    seen.clear()
+    anomaly.llr_scores(tiny.model, tiny.images, 2, 40, 2, advance=seen.append)
+    assert seen == [40, 40, 40]  # L = 3 bounds: L(x), L>1 and L>2
+    seen.clear()
+    representations.posterior_means(tiny.model, tiny.images, 32, advance=seen.append)
+    assert seen == [32, 8]

@@ -8,10 +8,10 @@ import keras
 import numpy as np
 import pytest
 
-from hvae import resume
-from hvae.callbacks import Checkpoint, EpochRecorder, StopOnNonFiniteLoss
 from hvae.errors import DataError, TrainingError
 from hvae.model import build_model
+from hvae.training import resume
+from hvae.training.callbacks import Checkpoint, EpochRecorder, StopOnNonFiniteLoss
 
 TINY = {"latent_dims": [4, 2], "hidden_dim": 8, "blocks_per_layer": 1}
 IMAGES = np.random.default_rng(0).random((32, 784)).astype("float32")

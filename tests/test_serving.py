@@ -1,4 +1,4 @@
-"""The HTTP layer: MLflow's scoring app behind hvae.serving.Guard, on a tiny saved model.
+"""The HTTP layer: MLflow's scoring app behind hvae.serving.server.Guard, on a tiny saved model.
 
 Requests go straight to the ASGI app (no network) through `_call`; one test runs the guard
 under a real uvicorn server on loopback, for chunked uploads.
@@ -21,9 +21,11 @@ import pandas as pd
 import pytest
 from mlflow.environment_variables import _MLFLOW_IS_IN_SERVING_ENVIRONMENT
 
-from hvae import artifacts, registry, serving
+from hvae import artifacts
 from hvae.model import build_model
-from hvae.pyfunc import LIMITS, HVAEScorer
+from hvae.serving import server
+from hvae.serving.pyfunc import LIMITS, HVAEScorer
+from hvae.tracking import registry
 
 
 class Reply:
@@ -96,13 +98,13 @@ def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def app(model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
-    """serving.app on a pyfunc model saved as registry.log_model logs it."""
+    """server.app on a pyfunc model saved as registry.log_model logs it."""
     frame = pd.DataFrame(_pixels(2).astype(np.float64), columns=[f"p{i}" for i in range(784)])
     scores = HVAEScorer(model_dir).predict(frame, {"iw_samples": 4})
     path = tmp_path_factory.mktemp("pyfunc") / "model"
     mlflow.pyfunc.save_model(
         str(path),
-        loader_module="hvae.pyfunc",
+        loader_module="hvae.serving.pyfunc",
         data_path=str(model_dir),
         signature=registry._signature(frame, scores),
         pip_requirements=["mlflow"],
@@ -111,7 +113,7 @@ def app(model_dir: Path, tmp_path_factory: pytest.TempPathFactory):
     # scoring_server.init marks the process as a serving environment; undo that afterwards.
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(_MLFLOW_IS_IN_SERVING_ENVIRONMENT.name, "false")
-        yield serving.app(str(path), max_body_bytes=serving.MAX_BODY_BYTES)
+        yield server.app(str(path), max_body_bytes=server.MAX_BODY_BYTES)
 
 
 def test_ping(app) -> None:
@@ -131,7 +133,7 @@ def test_scores_are_the_scorers(app, model_dir: Path) -> None:
 def test_bad_iw_samples_is_a_short_400(app, bad: object) -> None:
     reply = _call(app, "/invocations", _request(_pixels(1), iw_samples=bad))
     assert reply.status == 400
-    assert len(reply.body) <= serving.MAX_ERROR_BYTES
+    assert len(reply.body) <= server.MAX_ERROR_BYTES
     message = reply.json()["message"]
     assert "iw_samples" in message and "Failed to predict" not in message and "\n" not in message
     if isinstance(bad, int) and not isinstance(bad, bool):
@@ -142,7 +144,7 @@ def test_bad_iw_samples_is_a_short_400(app, bad: object) -> None:
 
 def test_budget_error_names_the_fields(app) -> None:
     reply = _call(app, "/invocations", _request(np.zeros((201, 784), int), iw_samples=1000))
-    assert reply.status == 400 and len(reply.body) <= serving.MAX_ERROR_BYTES
+    assert reply.status == 400 and len(reply.body) <= server.MAX_ERROR_BYTES
     assert reply.json()["message"] == (
         "rows * iw_samples: expected at most 200000, got 201 * 1000 = 201000"
     )
@@ -151,7 +153,7 @@ def test_budget_error_names_the_fields(app) -> None:
 def test_a_malformed_body_is_not_echoed(app) -> None:
     body = b'{"dataframe_split": ' + b"x" * 2_000_000
     reply = _call(app, "/invocations", body)
-    assert reply.status == 400 and len(reply.body) <= serving.MAX_ERROR_BYTES
+    assert reply.status == 400 and len(reply.body) <= server.MAX_ERROR_BYTES
     assert "Ensure that input is a valid JSON" in reply.json()["message"]
     assert b"xxxxxxxxxx" not in reply.body
     assert reply.headers[b"content-length"] == str(len(reply.body)).encode()
@@ -190,7 +192,7 @@ def _error_app(status: int, body: bytes, pieces: int = 1):
 
 def test_body_limit_by_content_length() -> None:
     calls: list[int] = []
-    guarded = serving.Guard(_echo_app(calls), max_body_bytes=10_000)
+    guarded = server.Guard(_echo_app(calls), max_body_bytes=10_000)
     reply = _call(guarded, "/invocations", b"x" * 20_000)
     assert reply.status == 413 and calls == []
     assert reply.json() == {
@@ -202,7 +204,7 @@ def test_body_limit_by_content_length() -> None:
 
 def test_body_limit_while_streaming() -> None:
     calls: list[int] = []
-    guarded = serving.Guard(_echo_app(calls), max_body_bytes=10_000)
+    guarded = server.Guard(_echo_app(calls), max_body_bytes=10_000)
     reply = _call(guarded, "/invocations", chunks=[b"x" * 4000] * 3)
     assert reply.status == 413 and calls == []
     assert "got more" in reply.json()["message"]
@@ -222,7 +224,7 @@ def _refuse(headers: list[tuple[bytes, bytes]]) -> tuple[int, int]:
     async def send(message: dict) -> None:
         sent.append(message)
 
-    guarded = serving.Guard(_echo_app([]), max_body_bytes=10_000)
+    guarded = server.Guard(_echo_app([]), max_body_bytes=10_000)
     asyncio.run(guarded({"type": "http", "headers": headers}, receive, send))
     return sent[0]["status"], 5 - len(queue)
 
@@ -237,7 +239,7 @@ def test_a_refused_body_is_read_to_its_end() -> None:
 
 
 def test_a_long_error_is_cut_to_its_first_line() -> None:
-    guarded = serving.Guard(_error_app(500, b"boom\n" + b"payload " * 10_000))
+    guarded = server.Guard(_error_app(500, b"boom\n" + b"payload " * 10_000))
     reply = _call(guarded, "/invocations", b"{}")
     assert reply.status == 500
     assert reply.json() == {"error_code": "INTERNAL_ERROR", "message": "boom"}
@@ -249,16 +251,16 @@ def test_a_huge_json_error_keeps_its_code_and_message() -> None:
     """Only the head of a streamed 5 MB error body is kept, and it is enough."""
     long = "Failed to predict data '" + "p" * 5_000_000 + "'"
     body = json.dumps({"error_code": "BAD_REQUEST", "message": long}).encode()
-    reply = _call(serving.Guard(_error_app(400, body, pieces=50)), "/invocations", b"{}")
+    reply = _call(server.Guard(_error_app(400, body, pieces=50)), "/invocations", b"{}")
     assert reply.json()["error_code"] == "BAD_REQUEST"
-    assert len(reply.json()["message"]) == serving.MESSAGE_CHARS
+    assert len(reply.json()["message"]) == server.MESSAGE_CHARS
 
 
 def test_short_message() -> None:
     wrapped = "Failed to predict data '   p0  p1\n0  1  2'. \nError: iw_samples: expected..."
-    assert serving.short_message(wrapped) == "iw_samples: expected..."
-    assert serving.short_message("\n\n  first  \nsecond") == "first"
-    assert len(serving.short_message("y" * 10_000)) == serving.MESSAGE_CHARS
+    assert server.short_message(wrapped) == "iw_samples: expected..."
+    assert server.short_message("\n\n  first  \nsecond") == "first"
+    assert len(server.short_message("y" * 10_000)) == server.MESSAGE_CHARS
 
 
 def test_guard_under_uvicorn_refuses_a_chunked_upload() -> None:
@@ -269,13 +271,13 @@ def test_guard_under_uvicorn_refuses_a_chunked_upload() -> None:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    guarded = serving.Guard(_echo_app(calls), max_body_bytes=10_000)
-    server = uvicorn.Server(uvicorn.Config(guarded, host="127.0.0.1", port=port, log_level="error"))
-    thread = threading.Thread(target=server.run, daemon=True)
+    guarded = server.Guard(_echo_app(calls), max_body_bytes=10_000)
+    uv = uvicorn.Server(uvicorn.Config(guarded, host="127.0.0.1", port=port, log_level="error"))
+    thread = threading.Thread(target=uv.run, daemon=True)
     thread.start()
     try:
         deadline = time.monotonic() + 10
-        while not server.started and time.monotonic() < deadline:
+        while not uv.started and time.monotonic() < deadline:
             time.sleep(0.05)
         connection = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
         connection.request("POST", "/invocations", body=iter([b"z" * 6000] * 3))
@@ -284,5 +286,5 @@ def test_guard_under_uvicorn_refuses_a_chunked_upload() -> None:
         assert b"got more" in response.read()
         connection.close()
     finally:
-        server.should_exit = True
+        uv.should_exit = True
         thread.join(10)

@@ -257,7 +257,7 @@ def test_two_workers_train_in_step_and_only_the_chief_logs(tmp_path: Path) -> No
     import yaml
     from mlflow.tracking import MlflowClient
 
-    from hvae.distribute import tf_config
+    from hvae.training.distribute import tf_config
 
     settings = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in TINY)}
     params = {k: v for k, v in settings.items() if k.startswith(("model.", "train."))}

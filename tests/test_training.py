@@ -12,8 +12,8 @@ import keras
 import numpy as np
 import pytest
 
-from hvae.optimizer import FusedAdam
-from hvae.training import compiled_model, training_callbacks
+from hvae.training.fit import compiled_model, training_callbacks
+from hvae.training.optimizer import FusedAdam
 from params_helpers import params_with
 
 TESTS = Path(__file__).resolve().parent
@@ -91,7 +91,7 @@ def test_two_replicas_agree_on_skipping(tmp_path) -> None:
         tf.config.set_logical_device_configuration(
             cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
         from params_helpers import params_with
-        from hvae.training import compiled_model
+        from hvae.training.fit import compiled_model
         strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
         images = np.random.default_rng(0).random((64, 784)).astype("float32")
         for skip, expected in ((1e-6, 0.5), (1e6, 0.0)):

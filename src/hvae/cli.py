@@ -21,7 +21,9 @@ STAGES = {
     "prepare": "verify and parse the MNIST IDX files, split and binarize -> data/prepared",
     "train": "train the hierarchical VAE -> models/, reports/train_history.csv, an MLflow run",
     "evaluate": "test ELBO, per-layer KL, active units, IW NLL -> reports/metrics.json, registry",
-    "render": "figures -> reports/figures/",
+    "ood": "OOD detection (likelihood, LLR>k) -> reports/ood.json, reports/ood_roc/",
+    "probe": "linear probes of every layer from a few labels -> reports/probe.json",
+    "render": "figures and the model card -> reports/figures/, reports/model_card.md",
 }
 COMMANDS = {
     "models": "list the registered model's versions: metrics, aliases, lineage",
@@ -31,7 +33,7 @@ COMMANDS = {
     "serve": "serve a registered model over HTTP (default: the promote.alias version)",
 }
 # The stages that run TensorFlow: imported up front, without its start-up notices.
-TENSORFLOW_STAGES = ("train", "evaluate", "render")
+TENSORFLOW_STAGES = ("train", "evaluate", "ood", "probe", "render")
 # `hvae serve` bounds: each worker holds a model (~0.8 GB here), and every body is read whole.
 MAX_WORKERS = 32
 MAX_BODY_MB = 1024
@@ -121,7 +123,7 @@ def _run(args: argparse.Namespace) -> int | None:
     params = load_params(args.params)
     if args.command == "prepare":  # needs no store: MLflow is not even imported
         return importlib.import_module("hvae.stages.prepare").run(params)
-    from hvae.tracking import project_root
+    from hvae.tracking.runs import project_root
 
     root = project_root(Path.cwd())
     if args.command in COMMANDS:
@@ -164,8 +166,8 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except Exception as exc:
         # A store that opened but is damaged further in: one line too, not SQLAlchemy's.
-        tracking = sys.modules.get("hvae.tracking")
-        damaged = tracking.damaged_store_error(exc) if tracking else None
+        runs = sys.modules.get("hvae.tracking.runs")
+        damaged = runs.damaged_store_error(exc) if runs else None
         if damaged is None:
             raise
         print(f"hvae {args.command}: error: {damaged}", file=sys.stderr)

@@ -21,19 +21,20 @@ from pathlib import Path
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
-from hvae import locks, logs, promotion, tracking
+from hvae import logs
 from hvae.config import Params
 from hvae.errors import ConfigError, RegistryError, ServerError
+from hvae.tracking import locks, promotion, runs
 
 
 def _client(root: Path) -> MlflowClient:
-    uri = tracking.configure(root)
+    uri = runs.configure(root)
     return MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
 def models(args: argparse.Namespace, params: Params, root: Path) -> None:
     table = promotion.versions_table(_client(root), params.registered_model)
-    print(f"{params.registered_model} ({tracking.tracking_uri(root)})")
+    print(f"{params.registered_model} ({runs.tracking_uri(root)})")
     print(table.to_string(index=False) if len(table) else "(no versions)")
 
 
@@ -269,18 +270,18 @@ def _url_host(host: str) -> str:
 
 
 def ui(args: argparse.Namespace, params: Params, root: Path) -> int:
-    uri = tracking.tracking_uri(root)
-    if tracking.is_server(uri):
+    uri = runs.tracking_uri(root)
+    if runs.is_server(uri):
         print(f"ui: the project's store is a server; open {uri}")
         return 0
     check_listen(args.host, args.port)
-    tracking.check_store(uri)  # a damaged store: one line now, not the server's traceback
+    runs.check_store(uri)  # a damaged store: one line now, not the server's traceback
     command = [
         sys.executable, "-m", "mlflow", "server",
         "--backend-store-uri", uri,
         # Runs keep their own absolute artifact locations (<root>/mlartifacts); this is only
         # the default for experiments created through the UI.
-        "--default-artifact-root", (root / tracking.ARTIFACTS_DIR).as_uri(),
+        "--default-artifact-root", (root / runs.ARTIFACTS_DIR).as_uri(),
         "--host", args.host,
         "--port", str(args.port),
         "--workers", "1",
@@ -303,13 +304,13 @@ def serve(args: argparse.Namespace, params: Params, root: Path) -> None:
     check_listen(args.host, args.port)
     model_uri = args.model or f"models:/{params.registered_model}@{params.promote.alias}"
     if model_uri.startswith(("models:", "runs:")):
-        tracking.configure(root)  # the registry (and its runs) the URI names
-    from hvae import serving
+        runs.configure(root)  # the registry (and its runs) the URI names
+    from hvae.serving import server
 
     if args.workers == 1:  # the model loads here: TensorFlow without its notices
         logs.import_tensorflow()
     try:
-        serving.serve(model_uri, args.host, args.port, int(args.max_body_mb * 2**20), args.workers)
+        server.serve(model_uri, args.host, args.port, int(args.max_body_mb * 2**20), args.workers)
     except MlflowException as exc:  # the model (or its alias) could not be loaded
         first = str(exc.message).strip().splitlines()[0] if str(exc.message).strip() else ""
         label = "--model" if args.model else "model"

@@ -99,9 +99,10 @@ class TrainParams(_Section):
     probe_iw_samples: int = Field(ge=1, le=MAX_IW_SAMPLES)
     strategy: Literal["auto", "mirrored", "multi_worker", "one_device"]
     # Compute dtype of training; weights, losses and evaluation are float32 either way.
-    # auto: mixed_bfloat16 where the hardware has bfloat16 matmuls, else float32 (hvae.precision).
+    # auto: mixed_bfloat16 where the hardware has bfloat16 matmuls, else float32
+    # (hvae.training.precision).
     precision: Literal["auto", "float32", "mixed_bfloat16"]
-    # Bit-for-bit repeatable training (hvae.determinism): TensorFlow's op determinism.
+    # Bit-for-bit repeatable training (hvae.training.determinism): TensorFlow's op determinism.
     deterministic: bool
 
     @model_validator(mode="after")

@@ -25,7 +25,12 @@ import sys
 import tempfile
 from collections.abc import Iterator
 
-DEFAULTS = {"TF_CPP_MIN_LOG_LEVEL": "2", "MLFLOW_LOGGING_LEVEL": "WARNING"}
+DEFAULTS = {
+    "TF_CPP_MIN_LOG_LEVEL": "2",
+    "MLFLOW_LOGGING_LEVEL": "WARNING",
+    # A bar per tiny artifact read (the stages read each other's metrics files): noise.
+    "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+}
 # The values quiet() put in the environment (so child processes can be given the user's).
 _set_here: dict[str, str] = {}
 

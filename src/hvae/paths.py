@@ -13,10 +13,20 @@ REPORTS = Path("reports")
 RUN_RECORD = REPORTS / "mlflow_run.json"
 HISTORY = REPORTS / "train_history.csv"
 TIME_TO_QUALITY = REPORTS / "time_to_quality.csv"
-METRICS = REPORTS / "metrics.json"
-MODEL_CARD = REPORTS / "model_card.md"  # the registered version's description, too
+KL_PER_LAYER = REPORTS / "kl_per_layer"  # z1.csv, z2.csv, ...: KL per epoch, for dvc plots
+METRICS = REPORTS / "metrics.json"  # evaluate: the test-set bound, KL, active units, NLL
+TEST_SCORES = Path("data/scores/test.npz")  # evaluate: per-image log p(x), for ood
+OOD_METRICS = REPORTS / "ood.json"
 OOD_ROC = REPORTS / "ood_roc"  # one ROC curve (fpr, tpr) per OOD score
+PROBE_METRICS = REPORTS / "probe.json"
+MODEL_CARD = REPORTS / "model_card.md"  # the registered version's description, too
 FIGURES = REPORTS / "figures"
+TIMINGS = REPORTS / "timings"  # <stage>.json: each stage's wall time, a DVC metrics file
+
+
+def timings(stage: str) -> Path:
+    return TIMINGS / f"{stage}.json"
+
 
 # The training dataset (train/valid/test) and the other dataset's test set (OOD checks).
 TRAIN_FILE = "dataset.npz"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from hvae import atomic, paths
@@ -24,6 +26,7 @@ def _images_and_labels(files: dict[str, bytes], stems: tuple[str, str], dataset:
 
 
 def run(params: Params) -> None:
+    started = time.perf_counter()
     p = params.prepare
     split_seed, binarize_seed = np.random.SeedSequence(p.seed).spawn(2)
     split_seed = int(split_seed.generate_state(1)[0])
@@ -79,6 +82,7 @@ def run(params: Params) -> None:
             {k: v["sha256"] for k, v in manifest["files"].items()}
         )
         atomic.write_json(out / prepared.MANIFEST, manifest)
+    atomic.write_json(paths.timings("prepare"), {"seconds": time.perf_counter() - started})
     print(
         f"prepare: {len(train_y)} train / {len(val_y)} validation / {len(test_y)} test "
         f"{spec.name} images, {len(ood_y)} {ood_spec.name} test images -> {paths.PREPARED}"

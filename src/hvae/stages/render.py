@@ -1,9 +1,11 @@
 """render: reconstructions, prior samples, the hierarchy figures, latent traversals,
-loss and KL curves, OOD ROC curves and linear-probe accuracies."""
+loss and KL curves, OOD ROC curves and linear-probe accuracies; and the registered version's
+model card as reports/model_card.md (the same text as its description in the registry)."""
 
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import keras
@@ -11,19 +13,26 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from hvae import artifacts, atomic, figures, paths, representations, tracking
+from hvae import artifacts, atomic, paths
 from hvae.config import Params
 from hvae.data import prepared
 from hvae.errors import DataError
+from hvae.evaluation import representations
+from hvae.reporting import figures
+from hvae.tracking import card, registry, runs
 
 
 class _Metrics(dict):
-    """reports/metrics.json: a metric it lacks is one line naming the file and the key."""
+    """A stage's metrics file: a metric it lacks is one line naming the file and the key."""
+
+    def __init__(self, path: Path, stage: str, values: dict):
+        super().__init__(values)
+        self.path, self.stage = path, stage
 
     def __missing__(self, key: str) -> float:
         raise DataError(
-            f"{paths.METRICS}: no metric {key!r} (written by an older or unfinished evaluate); "
-            "run `hvae evaluate`"
+            f"{self.path}: no metric {key!r} (written by an older or unfinished {self.stage}); "
+            f"run `hvae {self.stage}`"
         )
 
 
@@ -37,42 +46,52 @@ def _read_csv(path: Path, stage: str) -> pd.DataFrame:
         raise DataError(f"{path}: unreadable CSV ({first}); run `hvae {stage}` again") from None
 
 
-def _read_metrics() -> _Metrics:
-    path = paths.METRICS
+def _read_metrics(path: Path, stage: str) -> _Metrics:
     try:
         metrics = json.loads(path.read_text())
     except FileNotFoundError:
-        raise DataError(f"{path}: not found (run `hvae evaluate` first)") from None
+        raise DataError(f"{path}: not found (run `hvae {stage}` first)") from None
     except OSError as exc:
         raise DataError(f"{path}: cannot read ({exc.strerror})") from None
     except ValueError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc}); run `hvae evaluate` again") from None
+        raise DataError(f"{path}: not valid JSON ({exc}); run `hvae {stage}` again") from None
     if not isinstance(metrics, dict):
         raise DataError(
             f"{path}: expected a JSON object of metric names and values, got "
-            f"{type(metrics).__name__}; run `hvae evaluate` again"
+            f"{type(metrics).__name__}; run `hvae {stage}` again"
         )
-    return _Metrics(metrics)
+    return _Metrics(path, stage, metrics)
 
 
-def _read_reports() -> tuple[pd.DataFrame, _Metrics, dict[str, pd.DataFrame], pd.DataFrame]:
-    """What train and evaluate wrote, checked before anything is loaded or opened."""
-    history = _read_csv(paths.HISTORY, "train")
-    probes = _read_csv(paths.TIME_TO_QUALITY, "train")
-    metrics = _read_metrics()
+def _read_reports() -> dict:
+    """What train, evaluate, ood and probe wrote, checked before anything is loaded or opened."""
+    reports = {
+        "history": _read_csv(paths.HISTORY, "train"),
+        "time_to_quality": _read_csv(paths.TIME_TO_QUALITY, "train"),
+        "metrics": _read_metrics(paths.METRICS, "evaluate"),
+        "ood": _read_metrics(paths.OOD_METRICS, "ood"),
+        "probe": _read_metrics(paths.PROBE_METRICS, "probe"),
+    }
     files = sorted(paths.OOD_ROC.glob("*.csv"))
     if not files:
-        raise DataError(f"{paths.OOD_ROC}: no ROC curves (*.csv) (run `hvae evaluate` first)")
-    curves = {f.stem: _read_csv(f, "evaluate") for f in files}
-    return history, metrics, curves, probes
+        raise DataError(f"{paths.OOD_ROC}: no ROC curves (*.csv) (run `hvae ood` first)")
+    reports["curves"] = {f.stem: _read_csv(f, "ood") for f in files}
+    return reports
 
 
 def run(params: Params, root: Path) -> None:
+    started = time.perf_counter()
     r = params.render
-    history, metrics, curves, probes = _read_reports()
+    reports = _read_reports()
+    history, metrics, curves = reports["history"], reports["metrics"], reports["curves"]
     keras.utils.set_random_seed(params.seed)
-    tracking.configure(root)
-    run_id = tracking.read_run_record(artifacts.files_digest(paths.MODELS))
+    runs.configure(root)
+    run_id = runs.read_run_record(artifacts.files_digest(paths.MODELS))
+    if registry.logged_model_of_run(params.registered_model, run_id) is None:
+        raise DataError(
+            f"run {run_id} has no version of {params.registered_model} to describe "
+            "(run `hvae evaluate` first)"
+        )
     model = artifacts.load_model(paths.MODELS)
     test = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "test")
     manifest = prepared.read_manifest(paths.PREPARED)
@@ -106,25 +125,33 @@ def run(params: Params, root: Path) -> None:
     pictures.update(_layer_pictures(model, test, r))
     pictures["ood_roc.png"] = figures.ood_roc(
         curves,
-        {name: metrics[f"ood_{name}_auroc"] for name in curves},
+        {name: reports["ood"][f"ood_{name}_auroc"] for name in curves},
         f"{manifest['dataset']} test vs {manifest['ood_dataset']} test (positives)",
     )
+    probe = reports["probe"]
     budgets = sorted(
-        int(k.rsplit("_n", 1)[1]) for k in metrics if k.startswith("probe_z1_n") and "std" not in k
+        int(k.rsplit("_n", 1)[1]) for k in probe if k.startswith("probe_z1_n") and "std" not in k
     )
     features = [f"z{i + 1}" for i in range(model.n_layers)] + ["all", "pixels"]
-    pictures["probe_accuracy.png"] = figures.probe_accuracy(metrics, budgets, features)
-    if len(probes):
+    pictures["probe_accuracy.png"] = figures.probe_accuracy(probe, budgets, features)
+    if len(reports["time_to_quality"]):
         t = params.train
         pictures["time_to_quality.png"] = figures.time_to_quality(
-            probes, t.probe_iw_samples, t.probe_images
+            reports["time_to_quality"], t.probe_iw_samples, t.probe_images
         )
     with atomic.atomic_dir(paths.FIGURES) as out:
         for name, fig in pictures.items():
             figures.save(fig, out / name)
+    version, text = card.publish(params.registered_model, run_id, model, params)
+    atomic.write_text(paths.MODEL_CARD, text)
     with mlflow.start_run(run_id=run_id):
         mlflow.log_artifacts(str(paths.FIGURES), artifact_path="figures")
-    print(f"render: {len(pictures)} figures -> {paths.FIGURES}")
+        mlflow.log_artifact(str(paths.MODEL_CARD))
+    runs.record_stage_time("render", run_id, {"seconds": time.perf_counter() - started})
+    print(
+        f"render: {len(pictures)} figures -> {paths.FIGURES}; model card of "
+        f"{params.registered_model} version {version} -> {paths.MODEL_CARD}"
+    )
 
 
 def _layer_pictures(model, test: prepared.Split, r) -> dict:

@@ -1,7 +1,7 @@
 """train: fit the hierarchical VAE, log the run to MLflow, keep the best-on-validation weights.
 
 A killed run resumes: the next `hvae train` (or `dvc repro`) with the same params and data
-carries on from the last completed epoch, in the same MLflow run (see hvae.resume).
+carries on from the last completed epoch, in the same MLflow run (see hvae.training.resume).
 """
 
 from __future__ import annotations
@@ -14,14 +14,17 @@ from pathlib import Path
 
 import keras
 import mlflow
+import pandas as pd
 import tensorflow as tf
 
-from hvae import artifacts, atomic, determinism, distribute, paths, resume, tracking
-from hvae.callbacks import Checkpoint, EpochRecorder, NllProbe, StopOnNonFiniteLoss
+from hvae import artifacts, atomic, paths
 from hvae.config import Params, flatten
 from hvae.data import pipeline, prepared
 from hvae.model.hvae import pixel_logits
-from hvae.training import compiled_model, training_callbacks
+from hvae.tracking import runs
+from hvae.training import determinism, distribute, resume
+from hvae.training.callbacks import Checkpoint, EpochRecorder, NllProbe, StopOnNonFiniteLoss
+from hvae.training.fit import compiled_model, training_callbacks
 
 
 def _resumable(
@@ -57,8 +60,8 @@ def run(params: Params, root: Path) -> None:
     if chief:
         # Before any training: a store or experiment that would lose the run's artifacts
         # stops the stage now, not after an hour of training.
-        tracking.configure(root)
-        experiment_id = tracking.ensure_experiment(params.experiment, root)
+        runs.configure(root)
+        experiment_id = runs.ensure_experiment(params.experiment, root)
     train = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "train")
     valid = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "valid")
     # train.batch_size is global: each step splits it over the replicas (of all workers),
@@ -103,13 +106,13 @@ def run(params: Params, root: Path) -> None:
             run_id=state.run_id if state else None,
             experiment_id=None if state else experiment_id,
             run_name=None if state else os.environ.get("DVC_EXP_NAME"),
-            tags=None if state else tracking.run_tags(root),
+            tags=None if state else runs.run_tags(root),
             log_system_metrics=True,  # CPU, memory (and GPU when present) sampled during training
         ) as run,
-        tracking.killed_on_interrupt(),
+        runs.killed_on_interrupt(),
     ):
         # No digest yet: until this train finishes, evaluate and render refuse the record.
-        tracking.write_run_record(run.info.run_id, params.experiment)
+        runs.write_run_record(run.info.run_id, params.experiment)
         mlflow.log_params(flatten(params))
         mlflow.set_tags(
             {
@@ -122,7 +125,7 @@ def run(params: Params, root: Path) -> None:
             }
         )
         mlflow.log_param("model.parameters", model.count_params())
-        tracking.log_training_data(
+        runs.log_training_data(
             f"{manifest['dataset']}-train", manifest["digest"][:16], train.flat(), train.labels
         )
 
@@ -178,14 +181,33 @@ def run(params: Params, root: Path) -> None:
                 "time/train_seconds": seconds,
             }
         )
+        _write_kl_per_layer(model.kl_names)
+        atomic.write_json(paths.timings("train"), {"seconds": seconds})
         mlflow.log_artifact(str(paths.HISTORY))
         mlflow.log_artifact(str(paths.TIME_TO_QUALITY))
         # Last: the run and the record name the model files only once they are final.
         model_digest = artifacts.files_digest(paths.MODELS)
-        mlflow.set_tag(tracking.MODEL_DIGEST, model_digest)
-        tracking.write_run_record(run.info.run_id, params.experiment, model_digest)
+        mlflow.set_tag(runs.MODEL_DIGEST, model_digest)
+        runs.write_run_record(run.info.run_id, params.experiment, model_digest)
     print(
         f"train: best validation ELBO {checkpoint.best_value:.2f} nats at epoch "
         f"{checkpoint.best_epoch}/{t.epochs}; {seconds:.0f} s; run {run.info.run_id}; "
         f"weights {digest}; model files {model_digest}"
     )
+
+
+def _write_kl_per_layer(kl_names: list[str]) -> None:
+    """reports/kl_per_layer/<layer>.csv from the history: one file per layer, so that the
+    dvc.yaml plot draws every layer, however many model.latent_dims has."""
+    history = pd.read_csv(paths.HISTORY)
+    with atomic.atomic_dir(paths.KL_PER_LAYER) as out:
+        for name in kl_names:
+            layer = name.removeprefix("kl_")
+            frame = pd.DataFrame(
+                {
+                    "epoch": history["epoch"],
+                    "train_kl": history[f"train_{name}"],
+                    "val_kl": history[f"val_{name}"],
+                }
+            )
+            frame.to_csv(out / f"{layer}.csv", index=False)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from hvae.evaluation import iw_log_likelihood
+from hvae.evaluation.bounds import Advance, iw_log_likelihood
 from hvae.model import HierarchicalVAE
 
 
@@ -22,13 +22,23 @@ def likelihood_score(log_px: np.ndarray) -> np.ndarray:
 
 
 def llr_scores(
-    model: HierarchicalVAE, images: np.ndarray, samples: int, batch_size: int, chunk: int
+    model: HierarchicalVAE,
+    images: np.ndarray,
+    samples: int,
+    batch_size: int,
+    chunk: int,
+    advance: Advance = None,
 ) -> dict[int, np.ndarray]:
     """LLR>k per image for every k = 1..L-1, both bounds estimated with `samples`
-    importance samples (with samples=1 they are the plain ELBO and L>k)."""
+    importance samples (with samples=1 they are the plain ELBO and L>k).
+
+    `advance` hears of every image once per bound: L passes over `images` in all."""
     chunk = min(chunk, samples)
-    bound = iw_log_likelihood(model, images, samples, batch_size, chunk)
+    bound = iw_log_likelihood(model, images, samples, batch_size, chunk, advance=advance)
     return {
-        k: bound - iw_log_likelihood(model, images, samples, batch_size, chunk, prior_layers=k)
+        k: bound
+        - iw_log_likelihood(
+            model, images, samples, batch_size, chunk, prior_layers=k, advance=advance
+        )
         for k in range(1, model.n_layers)
     }

@@ -9,10 +9,10 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from hvae import precision
 from hvae.config import Params
 from hvae.model import HierarchicalVAE
-from hvae.optimizer import FusedAdam
+from hvae.training import precision
+from hvae.training.optimizer import FusedAdam
 
 
 def compiled_model(

@@ -2,23 +2,32 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import tensorflow as tf
 
 from hvae.model import HierarchicalVAE
 
+# Called with the number of images just scored (a stage's progress display), or None.
+Advance = Callable[[int], None] | None
 
-def _batches(images: np.ndarray, batch_size: int):
+
+def _batches(images: np.ndarray, batch_size: int, advance: Advance = None):
     flat = images.reshape(len(images), -1).astype(np.float32)
     for start in range(0, len(flat), batch_size):
         yield tf.constant(flat[start : start + batch_size])
+        if advance is not None:
+            advance(min(batch_size, len(flat) - start))
 
 
-def elbo_and_kl(model: HierarchicalVAE, images: np.ndarray, batch_size: int) -> dict[str, float]:
+def elbo_and_kl(
+    model: HierarchicalVAE, images: np.ndarray, batch_size: int, advance: Advance = None
+) -> dict[str, float]:
     """Mean single-sample ELBO, reconstruction and analytic KL of every layer (nats/image)."""
     terms = tf.function(model.elbo_terms, reduce_retracing=True)
     recon, kls = [], []
-    for x in _batches(images, batch_size):
+    for x in _batches(images, batch_size, advance):
         r, k = terms(x)
         recon.append(r.numpy())
         kls.append(np.stack([v.numpy() for v in k], axis=1))
@@ -34,7 +43,11 @@ def elbo_and_kl(model: HierarchicalVAE, images: np.ndarray, batch_size: int) -> 
 
 
 def active_units(
-    model: HierarchicalVAE, images: np.ndarray, batch_size: int, threshold: float
+    model: HierarchicalVAE,
+    images: np.ndarray,
+    batch_size: int,
+    threshold: float,
+    advance: Advance = None,
 ) -> dict[str, int]:
     """Burda et al.'s count per layer: units u with Cov_x(E_q[u]) > threshold.
 
@@ -42,7 +55,7 @@ def active_units(
     """
     means_fn = tf.function(model.posterior_means, reduce_retracing=True)
     per_layer: list[list[np.ndarray]] = [[] for _ in range(model.n_layers)]
-    for x in _batches(images, batch_size):
+    for x in _batches(images, batch_size, advance):
         for i, mu in enumerate(means_fn(x)):
             per_layer[i].append(mu.numpy())
     out = {}
@@ -59,12 +72,13 @@ def iw_log_likelihood(
     batch_size: int,
     chunk: int,
     prior_layers: int = 0,
+    advance: Advance = None,
 ) -> np.ndarray:
     """Per-image importance-weighted estimate of log p(x) with k samples, or of the bound
     L>j with prior_layers=j (see HierarchicalVAE.log_weights)."""
     return np.concatenate(
         [
             model.iw_log_likelihood(x, k, chunk, prior_layers).numpy()
-            for x in _batches(images, batch_size)
+            for x in _batches(images, batch_size, advance)
         ]
     )

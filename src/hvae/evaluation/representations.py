@@ -10,19 +10,22 @@ from collections.abc import Sequence
 import numpy as np
 import tensorflow as tf
 
-from hvae.linear_probe import balanced_subset, fit_softmax
+from hvae.evaluation.bounds import Advance
+from hvae.evaluation.linear_probe import balanced_subset, fit_softmax
 from hvae.model import HierarchicalVAE
 
 
 def posterior_means(
-    model: HierarchicalVAE, images: np.ndarray, batch_size: int
+    model: HierarchicalVAE, images: np.ndarray, batch_size: int, advance: Advance = None
 ) -> list[np.ndarray]:
     """E_q[z_l] of every layer (along the posterior-mean path), one (N, dim_l) array each."""
     flat = images.reshape(len(images), -1).astype(np.float32)
     means_fn = tf.function(model.posterior_means, reduce_retracing=True)
-    chunks = [
-        means_fn(tf.constant(flat[i : i + batch_size])) for i in range(0, len(flat), batch_size)
-    ]
+    chunks = []
+    for i in range(0, len(flat), batch_size):
+        chunks.append(means_fn(tf.constant(flat[i : i + batch_size])))
+        if advance is not None:
+            advance(min(batch_size, len(flat) - i))
     return [np.concatenate([c[layer].numpy() for c in chunks]) for layer in range(model.n_layers)]
 
 
@@ -34,10 +37,12 @@ def probe_accuracies(
     repeats: int,
     seed: int,
     batch_size: int,
+    advance: Advance = None,
 ) -> dict[str, float]:
     """Test accuracy of a softmax regression on each layer's posterior means, on all layers
     together, and on raw pixels (the baseline), trained on `budget` balanced labelled images;
-    mean and std over `repeats` draws.
+    mean and std over `repeats` draws. `advance` hears of each image encoded (the labelled
+    ones, then the test set); the probes' fits are quick beside that.
 
     `train` images must be binarized like the test set, so both come from one distribution.
     """
@@ -48,8 +53,8 @@ def probe_accuracies(
     }
     # Encode every labelled image once, however many draws it is in.
     used = np.unique(np.concatenate(list(draws.values())))
-    train_features = _features(model, train[0][used], batch_size)
-    test_features = _features(model, test[0], batch_size)
+    train_features = _features(model, train[0][used], batch_size, advance)
+    test_features = _features(model, test[0], batch_size, advance)
     out: dict[str, float] = {}
     for budget in budgets:
         scores: dict[str, list[float]] = {name: [] for name in test_features}
@@ -65,8 +70,10 @@ def probe_accuracies(
     return out
 
 
-def _features(model: HierarchicalVAE, images: np.ndarray, batch_size: int) -> dict[str, np.ndarray]:
-    means = posterior_means(model, images, batch_size)
+def _features(
+    model: HierarchicalVAE, images: np.ndarray, batch_size: int, advance: Advance = None
+) -> dict[str, np.ndarray]:
+    means = posterior_means(model, images, batch_size, advance)
     features = {f"z{i + 1}": m for i, m in enumerate(means)}
     features["all"] = np.concatenate(means, axis=1)
     features["pixels"] = images.reshape(len(images), -1).astype(np.float32)

@@ -11,8 +11,9 @@ import pandas as pd
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from hvae import atomic, evaluation
+from hvae import atomic
 from hvae.errors import TrainingError
+from hvae.evaluation import bounds
 
 
 def _learning_rate(model: keras.Model) -> float:
@@ -145,7 +146,7 @@ class NllProbe(keras.callbacks.Callback):
         self.train_seconds += time.perf_counter() - self._started
         if (epoch + 1) % self.every and epoch + 1 != self.params["epochs"]:
             return
-        log_px = evaluation.iw_log_likelihood(self.model, self.images, self.k, 100, self.chunk)
+        log_px = bounds.iw_log_likelihood(self.model, self.images, self.k, 100, self.chunk)
         nll = float(-log_px.mean())
         self.rows.append(
             {"epoch": epoch + 1, "train_seconds": round(self.train_seconds, 1), "val_nll": nll}

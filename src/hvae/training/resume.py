@@ -17,8 +17,8 @@ import keras
 import numpy as np
 
 from hvae import atomic
-from hvae.callbacks import Checkpoint, EpochRecorder, NllProbe
 from hvae.errors import DataError
+from hvae.training.callbacks import Checkpoint, EpochRecorder, NllProbe
 
 STATE_FILE = "resume.npz"
 

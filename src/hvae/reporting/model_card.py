@@ -11,7 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from hvae import pyfunc
+from hvae.serving import pyfunc
 
 # Published test NLLs on MNIST (nats; dynamically binarized training data), from the papers.
 PUBLISHED_MNIST = (

@@ -15,7 +15,7 @@ import subprocess
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import mlflow
@@ -25,7 +25,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.protos.databricks_pb2 import RESOURCE_ALREADY_EXISTS, ErrorCode
 from mlflow.tracking import MlflowClient
 
-from hvae import atomic
+from hvae import atomic, paths
 from hvae.errors import TrackingError
 from hvae.paths import RUN_RECORD
 
@@ -89,7 +89,7 @@ def check_reachable(uri: str, timeout: float = 10.0) -> None:
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", None) or exc
         raise TrackingError(
-            f"{TRACKING_ENV}={uri}: the tracking server does not answer ({reason}); "
+            f"{_store_name(uri)}: the tracking server does not answer ({reason}); "
             "start it or unset the variable to use the local store"
         ) from None
 
@@ -390,6 +390,15 @@ def read_run_record(model_digest: str, path: Path = RUN_RECORD) -> str:
 
 
 @contextlib.contextmanager
+def record_stage_time(stage: str, run_id: str | None, timings: Mapping[str, float]) -> None:
+    """A stage's wall times: reports/timings/<stage>.json (a DVC metrics file) and, when the
+    stage has a run, its `time/<stage>_<key>` metrics."""
+    atomic.write_json(paths.timings(stage), dict(timings))
+    if run_id is not None:
+        with mlflow.start_run(run_id=run_id):
+            mlflow.log_metrics({f"time/{stage}_{key}": value for key, value in timings.items()})
+
+
 def killed_on_interrupt() -> Iterator[None]:
     """Inside `mlflow.start_run()`: a Ctrl-C or SIGTERM (which the CLI turns into
     KeyboardInterrupt) ends the run as KILLED; MLflow's own exit would call it FAILED."""

@@ -245,4 +245,6 @@ def serve(
     # Several workers are separate processes: uvicorn imports the app factory in each.
     os.environ[_ENV_URI] = model_uri
     os.environ[_ENV_BYTES] = str(max_body_bytes)
-    uvicorn.run("hvae.serving:app_from_env", factory=True, host=host, port=port, workers=workers)
+    uvicorn.run(
+        "hvae.serving.server:app_from_env", factory=True, host=host, port=port, workers=workers
+    )

@@ -24,9 +24,9 @@ from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import AnyType
 
 from hvae import artifacts
-from hvae.pyfunc import DEFAULT_IW_SAMPLES, LIMITS, HVAEScorer
+from hvae.serving.pyfunc import DEFAULT_IW_SAMPLES, LIMITS, HVAEScorer
 
-# What `hvae.pyfunc` imports to rebuild and run the model, and mlflow to load it.
+# What `hvae.serving.pyfunc` imports to rebuild and run the model, and mlflow to load it.
 SERVING_PACKAGES = ("mlflow", "tensorflow", "keras", "h5py", "numpy", "pandas")
 
 
@@ -98,7 +98,7 @@ def log_model(name: str, run_id: str, model_dir: Path, example: np.ndarray) -> L
             shutil.copy2(model_dir / file, data / file)
         info = mlflow.pyfunc.log_model(
             name=name,  # the logged model is listed under the registered model's name
-            loader_module="hvae.pyfunc",
+            loader_module="hvae.serving.pyfunc",
             data_path=str(data),
             code_paths=[str(_package_code(Path(tmp) / "code"))],
             signature=_signature(frame, scores),
@@ -109,26 +109,69 @@ def log_model(name: str, run_id: str, model_dir: Path, example: np.ndarray) -> L
     return LoggedModel(info.model_uri, info.model_id, None)
 
 
-def link_metrics(run_id: str, logged: LoggedModel, metrics: Mapping[str, float]) -> None:
-    """Log metrics on the run, linked to its logged model (the UI's Models view shows them)."""
+def mlflow_keys(metrics: Mapping[str, float]) -> dict[str, float]:
+    """Metrics-file keys -> MLflow keys: test_nll -> test/nll, ood_llr_k1_auroc ->
+    ood/llr_k1_auroc, probe_z1_n100 -> probe/z1_n100, active_units_z1 -> test/active_units_z1."""
+    out = {}
+    for name, value in metrics.items():
+        prefix = next((p for p in ("ood", "probe", "test") if name.startswith(p + "_")), None)
+        out[f"{prefix}/{name.removeprefix(prefix + '_')}" if prefix else f"test/{name}"] = value
+    return out
+
+
+def logged_model_of_run(name: str, run_id: str) -> LoggedModel | None:
+    """The run's registered version of `name` and its logged model, or None before evaluate
+    has registered it."""
+    version = _existing_version(MlflowClient(), name, run_id)
+    if version is None:
+        return None
+    model_id = getattr(version, "model_id", None)
+    if not model_id and version.source.startswith("models:/m-"):
+        model_id = version.source.removeprefix("models:/")
+    return LoggedModel(version.source, model_id, str(version.version))
+
+
+def link_metrics(run_id: str, logged: LoggedModel | None, metrics: Mapping[str, float]) -> None:
+    """Log metrics on the run, linked to its logged model if there is one yet (the UI's
+    Models view shows them)."""
     with mlflow.start_run(run_id=run_id):
-        mlflow.log_metrics(dict(metrics), model_id=logged.model_id)
+        mlflow.log_metrics(dict(metrics), model_id=logged.model_id if logged else None)
 
 
 def register(name: str, logged: LoggedModel, tags: Mapping[str, str]) -> str:
     """Register the logged model as a version of `name` (reusing the run's version if any).
 
-    Tags are replaced as a whole, so a re-evaluated version carries no stale ones.
+    Evaluate's tags are replaced as a whole, so a re-evaluated version carries no stale ones;
+    the alias history and the tags of the later stages (`LATER_STAGE_TAGS`) stay.
     """
     client = MlflowClient()
     version = logged.version or mlflow.register_model(logged.model_uri, name).version
     existing = client.get_model_version(name, version).tags
     for key in existing.keys() - tags.keys():
-        if not key.startswith(("promotion.", "rollback.")):  # the alias history stays
+        if not key.startswith(("promotion.", "rollback.", *LATER_STAGE_TAGS)):
             client.delete_model_version_tag(name, version, key)
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     return str(version)
+
+
+# The tags (or tag prefixes) that the ood and probe stages set on a version. The first two
+# are gate metrics (hvae.config.GATE_METRICS).
+LATER_STAGE_TAGS = ("ood_test_nll", "ood_likelihood_auroc", "ood_llr_samples", "probe_all_n")
+
+
+def replace_tags(
+    name: str, version: str, tags: Mapping[str, str], stale_prefix: str | None = None
+) -> None:
+    """Set a later stage's tags on the version; with `stale_prefix`, remove the tags of that
+    prefix it no longer writes (a changed label budget)."""
+    client = MlflowClient()
+    if stale_prefix:
+        for key in client.get_model_version(name, version).tags:
+            if key.startswith(stale_prefix) and key not in tags:
+                client.delete_model_version_tag(name, version, key)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
 
 
 def describe(name: str, version: str, model_card: str) -> None:
