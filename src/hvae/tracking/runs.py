@@ -389,7 +389,6 @@ def read_run_record(model_digest: str, path: Path = RUN_RECORD) -> str:
     return run_id
 
 
-@contextlib.contextmanager
 def record_stage_time(stage: str, run_id: str | None, timings: Mapping[str, float]) -> None:
     """A stage's wall times: reports/timings/<stage>.json (a DVC metrics file) and, when the
     stage has a run, its `time/<stage>_<key>` metrics."""
@@ -399,6 +398,7 @@ def record_stage_time(stage: str, run_id: str | None, timings: Mapping[str, floa
             mlflow.log_metrics({f"time/{stage}_{key}": value for key, value in timings.items()})
 
 
+@contextlib.contextmanager
 def killed_on_interrupt() -> Iterator[None]:
     """Inside `mlflow.start_run()`: a Ctrl-C or SIGTERM (which the CLI turns into
     KeyboardInterrupt) ends the run as KILLED; MLflow's own exit would call it FAILED."""
