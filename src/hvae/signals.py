@@ -1,9 +1,10 @@
 """Ctrl-C and SIGTERM in the CLI.
 
 Both are raised as KeyboardInterrupt (SIGTERM as `Terminated`), so that `with` blocks (an
-MLflow run) unwind, and both are remembered: an interrupt that TensorFlow or Keras swallow on
-the way (one that lands inside a data-pipeline call can end `fit()` as if the data had run
-out) still stops the stage at its next `raise_if_received()`.
+MLflow run) unwind, and both are remembered: an interrupt that something on the way swallows
+still stops the stage at its next `raise_if_received()`. (In one CI run a train sent SIGINT in
+its second epoch finished with exit 0; where inside TensorFlow or Keras the interrupt was lost
+is not pinned down.)
 """
 
 from __future__ import annotations

@@ -176,7 +176,7 @@ def run(params: Params, root: Path) -> None:
             *([saver] if saver else []),  # last: it saves what the others recorded
         ]
         fit(initial_epoch=state.epoch if state else 0, callbacks=callbacks)
-        signals.raise_if_received()  # an interrupt fit() took for the end of its data
+        signals.raise_if_received()  # an interrupt lost inside fit()
         digest = distribute.weights_digest(model)
         artifacts.save_config(model, paths.MODELS)
         if not t.probe_every_epochs:  # the stage's declared out exists either way
