@@ -16,7 +16,7 @@ ALLOWED = {
     "model": set(),
     "evaluation": {"model"},
     "data": {"errors"},
-    "training": {"model", "evaluation", "config", "errors", "atomic", "signals"},
+    "training": {"model", "evaluation", "config", "errors", "atomic"},
     "serving": {"model", "artifacts", "errors"},
     "tracking": {"errors", "atomic", "paths", "artifacts", "config", "serving", "reporting"},
     "reporting": {"serving"},
@@ -27,7 +27,6 @@ ALLOWED = {
     "paths": set(),
     "logs": set(),
     "progress": set(),
-    "signals": set(),
 }
 # Third-party and standard modules that mean I/O, tracking or plotting: not in the maths.
 NO_IO = {"mlflow", "pandas", "matplotlib", "h5py", "json", "os", "pathlib", "shutil", "yaml"}

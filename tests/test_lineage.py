@@ -147,6 +147,9 @@ def test_an_interrupted_train_is_killed_and_never_registered(project: Path) -> N
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        # A shell starts background jobs with SIGINT ignored, and the child would inherit it
+        # (Python then keeps ignoring Ctrl-C): give train the disposition a terminal gives it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 300

@@ -17,19 +17,13 @@ import mlflow
 import pandas as pd
 import tensorflow as tf
 
-from hvae import artifacts, atomic, paths, signals
+from hvae import artifacts, atomic, paths
 from hvae.config import Params, flatten
 from hvae.data import pipeline, prepared
 from hvae.model.hvae import pixel_logits
 from hvae.tracking import runs
 from hvae.training import determinism, distribute, resume
-from hvae.training.callbacks import (
-    Checkpoint,
-    EpochRecorder,
-    NllProbe,
-    StopOnNonFiniteLoss,
-    StopOnSignal,
-)
+from hvae.training.callbacks import Checkpoint, EpochRecorder, NllProbe, StopOnNonFiniteLoss
 from hvae.training.fit import compiled_model, training_callbacks
 
 
@@ -167,7 +161,6 @@ def run(params: Params, root: Path) -> None:
                 flush=True,
             )
         callbacks = [
-            StopOnSignal(),
             StopOnNonFiniteLoss(),
             *training_callbacks(params),
             recorder,
@@ -176,7 +169,6 @@ def run(params: Params, root: Path) -> None:
             *([saver] if saver else []),  # last: it saves what the others recorded
         ]
         fit(initial_epoch=state.epoch if state else 0, callbacks=callbacks)
-        signals.raise_if_received()  # an interrupt lost inside fit()
         digest = distribute.weights_digest(model)
         artifacts.save_config(model, paths.MODELS)
         if not t.probe_every_epochs:  # the stage's declared out exists either way

@@ -11,7 +11,7 @@ import pandas as pd
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from hvae import atomic, signals
+from hvae import atomic
 from hvae.errors import TrainingError
 from hvae.evaluation import bounds
 
@@ -123,16 +123,6 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
                 f"the training loss became {float(loss)} at epoch {self._epoch}, step "
                 f"{batch + 1}; stopped before saving a model (nothing is registered)"
             )
-
-
-class StopOnSignal(keras.callbacks.Callback):
-    """A Ctrl-C or SIGTERM that TensorFlow swallowed (hvae.signals) stops training here."""
-
-    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
-        signals.raise_if_received()
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        signals.raise_if_received()
 
 
 class NllProbe(keras.callbacks.Callback):
