@@ -37,6 +37,11 @@ CROSS_KEY_RULES: dict[tuple[str, str], str] = {
         "`evaluate.batch_size * evaluate.chunk_size` ≤ {MAX_ROWS_PER_PASS} rows per pass, "
         "and every entry of `evaluate.probe_labels` is a positive multiple of the 10 classes."
     ),
+    ("SemisupParams", "_budgets"): (
+        "every entry of `semisup.labels` is a positive multiple of the 10 classes and < "
+        "`semisup.graph_images`; `semisup.serve_labels` is one of them; `semisup.neighbours` "
+        "< `semisup.graph_images`."
+    ),
     ("MlflowParams", "_known_placeholders"): (
         "the only placeholder in `mlflow.experiment` and `mlflow.registered_model` is "
         "`{{dataset}}`, replaced by `data.dataset`."
@@ -44,6 +49,7 @@ CROSS_KEY_RULES: dict[tuple[str, str], str] = {
     ("Params", "_split_fits"): (
         "`train.batch_size`, and every entry of `evaluate.probe_labels`, ≤ the training images "
         "left after `prepare.validation_size` (`{MNIST_TRAIN_SIZE} - prepare.validation_size`); "
+        "every entry of `semisup.labels` < those training images; "
         "`train.probe_images` ≤ `prepare.validation_size`."
     ),
 }

@@ -149,7 +149,7 @@ def test_params_are_frozen() -> None:
 
 # -- the messages, exactly ----------------------------------------------------------------------
 
-SECTIONS = "seed, data, prepare, model, train, evaluate, render, mlflow, promote"
+SECTIONS = "seed, data, prepare, model, train, evaluate, semisup, render, mlflow, promote"
 
 
 @pytest.mark.parametrize(

@@ -123,6 +123,19 @@ PROBES: dict[str, Probes] = {
         ([10], [50_000], [100, 1000, 10_000]),
     ),
     "evaluate.probe_repeats": _up_to(100),
+    # Multiples of 10, below graph_images (50 000) and holding serve_labels (1000).
+    "semisup.labels": Probes(
+        "int list",
+        ([0], [-10], [15], [100, 15], [100], [50_000], [HUGE], [1000, "x"]),  # [100]: no 1000
+        ([1000], [10, 1000], [100, 1000, 49_990]),
+    ),
+    "semisup.draws": _up_to(20),
+    # More than the training images left means all of them.
+    "semisup.graph_images": _int((-1, 0, 19, 1000), (1001, 50_000, HUGE)),
+    "semisup.neighbours": _up_to(100),
+    "semisup.alpha": _float((-1, 0, 0.0, 1, 1.0, HUGE), (1e-9, 0.5, 0.99)),
+    "semisup.iterations": _up_to(1000),
+    "semisup.serve_labels": _int((-1, 0, 10, 1001, HUGE), (100, 1000)),
     **{f"render.{key}": _int((-1, 0, top + 1, HUGE), (1, top)) for key, top in RENDER.items()},
     "render.traversal_steps": _int((-1, 0, 1, 33, HUGE), (2, 32)),
     "mlflow.experiment": NAMES,

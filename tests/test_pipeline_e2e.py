@@ -45,8 +45,11 @@ TINY = [
     "train.log_every_steps=100",
     "render.n_samples=16",
     "render.hierarchy_rows=2",
+    # A 2 000-image graph: the neighbour search is quadratic in it.
+    "semisup.graph_images=2000",
+    "semisup.draws=2",
 ]
-STAGES = ("prepare", "train", "evaluate", "ood", "probe", "render")
+STAGES = ("prepare", "train", "semisup", "evaluate", "ood", "probe", "render")
 PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config"]
 
 
@@ -113,9 +116,11 @@ def test_every_stage_ran(pipeline_run) -> None:
     assert "evaluate: test NLL, k=10: 10,000/10,000 (100 %)" in output
     assert "ood: fashion-mnist test NLL, k=10: 1,000/10,000 (10 %)" in output
     assert "probe: encoding images:" in output and "(100 %)" in output
+    assert "semisup: neighbour search: 12,000/12,000 (100 %)" in output
     shown = json.loads(_run([str(BIN / "dvc"), "metrics", "show", "--json"], repo, env).stdout)
     files = {name for data in shown.values() for name in data.get("data", {})}
     expected = {"reports/metrics.json", "reports/ood.json", "reports/probe.json"}
+    expected |= {"reports/semisup.json"}
     expected |= {f"reports/timings/{stage}.json" for stage in STAGES}
     assert expected <= files, files
 
@@ -169,6 +174,20 @@ def _check_ood_and_probes(repo: Path) -> None:
         for features in ("z1", "z2", "z3", "all", "pixels"):
             # Ten classes: a probe that learned anything beats chance (0.1).
             assert 0.1 < metrics[f"probe_{features}_n{n}"] <= 1.0, (features, n)
+    metrics = json.loads((repo / "reports/semisup.json").read_text())
+    for n in (100, 1000):
+        # Below chance (0.9 error for ten classes) even after one epoch on a 2 000-image graph.
+        assert 0.0 <= metrics[f"semisup_error_n{n}"] < 0.8, n
+    rows = (repo / "reports/semisup_confusion.csv").read_text().splitlines()
+    assert rows[0] == "actual,predicted" and len(rows) == 10_001
+    predicted = [int(row.split(",")[1]) for row in rows[1:]]
+    error = sum(int(r.split(",")[0]) != p for r, p in zip(rows[1:], predicted, strict=True))
+    # The confusion file is the first draw of 100 labels, one of the draws averaged.
+    assert (
+        abs(error / 10_000 - metrics["semisup_error_n100"])
+        <= metrics["semisup_error_n100_std"] + 1e-9
+    )
+    assert set(predicted) <= set(range(10))
 
 
 def test_mlflow_run_and_registry(pipeline_run) -> None:
@@ -226,10 +245,18 @@ def test_mlflow_run_and_registry(pipeline_run) -> None:
     assert float(version.tags["ood_test_nll"]) == pytest.approx(ood["ood_test_nll"], abs=1e-3)
     assert version.tags["ood_llr_samples"] == "4"
     assert float(version.tags["probe_all_n100"]) == pytest.approx(probe["probe_all_n100"], abs=1e-4)
+    # semisup ran before the version existed: evaluate tags it with what semisup logged.
+    semisup = json.loads((repo / "reports/semisup.json").read_text())
+    for budget in (100, 1000):
+        error = semisup[f"semisup_error_n{budget}"]
+        assert float(version.tags[f"semisup_error_n{budget}"]) == pytest.approx(error, abs=1e-4)
+    assert run.data.metrics["semisup/error_n100"] == pytest.approx(semisup["semisup_error_n100"])
     card = (repo / "reports/model_card.md").read_text()
     assert version.description == card
     assert "## Out-of-distribution detection against Fashion-MNIST" in card
     assert "## Linear probes" in card
+    assert "## Semi-supervised classification (test error)" in card
+    assert f"| 100 | {semisup['semisup_error_n100']:.2%} ± " in card
     assert f"| likelihood | {ood['ood_likelihood_auroc']:.3f} |" in card
     assert card.startswith(f"# hvae-mnist version {version.version}\n")
     assert run_id in card and version.tags["git_commit"] in card
@@ -409,6 +436,9 @@ def test_promote_refuse_rollback_load_and_serve(pipeline_run, tmp_path: Path) ->
     in_process = json.loads(loaded.stdout.strip().splitlines()[-1])
     assert len(in_process["elbo"]) == len(frame)
     assert all(math.isfinite(v) and v < 0 for v in in_process["iw_log_likelihood"])
+    # semisup's classifier travels with the version.
+    assert set(in_process["class"]) <= set(range(10))
+    assert all(0.1 <= p <= 1.0 for p in in_process["class_probability"])
 
     # Serve the same alias and ask over HTTP: the same numbers.
     port = _free_port()
@@ -430,8 +460,9 @@ def test_promote_refuse_rollback_load_and_serve(pipeline_run, tmp_path: Path) ->
             served = json.loads(response.read())["predictions"]
     finally:
         _stop(server)
-    for key in ("elbo", "iw_log_likelihood"):
+    for key in ("elbo", "iw_log_likelihood", "class_probability"):
         assert [row[key] for row in served] == pytest.approx(in_process[key], rel=1e-6)
+    assert [row["class"] for row in served] == in_process["class"]
 
 
 def test_ui_shows_runs_figures_and_registry(pipeline_run) -> None:

@@ -14,9 +14,12 @@ from mlflow.exceptions import MlflowException
 
 from hvae import artifacts
 from hvae.errors import DataError
+from hvae.evaluation import label_spreading
 from hvae.model import build_model
 from hvae.serving import pyfunc
 from hvae.serving.pyfunc import HVAEScorer, _load_pyfunc
+
+COLUMNS = ["elbo", "iw_log_likelihood", "class", "class_probability"]
 
 
 @pytest.fixture(scope="module")
@@ -29,6 +32,50 @@ def scorer(tmp_path_factory: pytest.TempPathFactory) -> HVAEScorer:
     return _load_pyfunc(str(folder))
 
 
+@pytest.fixture(scope="module")
+def classifying(tmp_path_factory: pytest.TempPathFactory, scorer: HVAEScorer) -> HVAEScorer:
+    """The same model with a classifier spread from labels on its own posterior means."""
+    folder: Path = tmp_path_factory.mktemp("classifying")
+    scorer.model.save_weights(folder / artifacts.WEIGHTS)
+    artifacts.save_config(scorer.model, folder)
+    images = (np.random.default_rng(2).random((200, 784)) < 0.3).astype(np.float32)
+    means = np.concatenate([m.numpy() for m in scorer.model.posterior_means(images)], axis=1)
+    mean, scale = label_spreading.standardizer(means)
+    points = (means - mean) / scale
+    graph = label_spreading.Graph.build(*label_spreading.nearest(points, points, 5, True))
+    labels = np.arange(200) % 10
+    classifier = label_spreading.fit(
+        graph, points, mean, scale, np.arange(20), labels[:20], 0.9, 10
+    )
+    artifacts.save_classifier(classifier, folder)
+    return _load_pyfunc(str(folder))
+
+
+def test_a_model_with_a_classifier_answers_its_class(
+    classifying: HVAEScorer, scorer: HVAEScorer
+) -> None:
+    frame = _frame(30)
+    scores = classifying.predict(frame, {"iw_samples": 5})
+    # The scores are the model's, whatever the classifier.
+    plain = scorer.predict(frame, {"iw_samples": 5})
+    pd.testing.assert_frame_equal(
+        scores[["elbo", "iw_log_likelihood"]], plain[["elbo", "iw_log_likelihood"]]
+    )
+    binary = (frame.to_numpy() > 127.5).astype(np.float32)
+    means = np.concatenate([m.numpy() for m in scorer.model.posterior_means(binary)], axis=1)
+    expected = classifying.classifier.predict_proba(means)
+    assert scores["class"].tolist() == expected.argmax(axis=1).tolist()
+    assert scores["class_probability"].to_numpy() == pytest.approx(expected.max(axis=1), rel=1e-5)
+    assert ((scores["class_probability"] >= 0.1 - 1e-6) & (scores["class_probability"] <= 1)).all()
+
+
+def test_a_damaged_classifier_is_one_line(tmp_path: Path) -> None:
+    (tmp_path / artifacts.CLASSIFIER).write_bytes(b"not a zip")
+    with pytest.raises(DataError, match=r"classifier.npz: cannot load the classifier"):
+        artifacts.load_classifier(tmp_path)
+    assert artifacts.load_classifier(tmp_path / "elsewhere") is None
+
+
 def _frame(n: int, seed: int = 1) -> pd.DataFrame:
     pixels = np.random.default_rng(seed).integers(0, 256, (n, 784)).astype(np.float64)
     return pd.DataFrame(pixels, columns=[f"p{i}" for i in range(784)])
@@ -36,8 +83,10 @@ def _frame(n: int, seed: int = 1) -> pd.DataFrame:
 
 def test_scores_per_image(scorer: HVAEScorer) -> None:
     scores = scorer.predict(_frame(3), {"iw_samples": 20})
-    assert list(scores.columns) == ["elbo", "iw_log_likelihood"]
-    assert len(scores) == 3 and np.isfinite(scores.to_numpy()).all()
+    assert list(scores.columns) == COLUMNS
+    assert len(scores) == 3 and np.isfinite(scores[["elbo", "iw_log_likelihood"]]).all().all()
+    # No classifier beside this model: the class columns say so instead of failing.
+    assert (scores["class"] == -1).all() and scores["class_probability"].isna().all()
     # The IW estimate with k=20 is (almost surely) above the one-sample ELBO draw on average.
     assert scores["iw_log_likelihood"].mean() > scores["elbo"].mean() - 5.0
 
@@ -92,7 +141,7 @@ def test_too_many_rows(scorer: HVAEScorer) -> None:
 
 def test_no_rows(scorer: HVAEScorer) -> None:
     scores = scorer.predict(np.zeros((0, 784)))
-    assert list(scores.columns) == ["elbo", "iw_log_likelihood"] and len(scores) == 0
+    assert list(scores.columns) == COLUMNS and len(scores) == 0
 
 
 def test_a_row_scores_the_same_alone_or_with_others(scorer: HVAEScorer) -> None:

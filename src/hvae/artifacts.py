@@ -6,12 +6,16 @@ import hashlib
 import json
 from pathlib import Path
 
+import numpy as np
+
 from hvae import atomic
 from hvae.errors import DataError
+from hvae.evaluation.label_spreading import SpreadClassifier
 from hvae.model import HierarchicalVAE, build_model
 
 WEIGHTS = "model.weights.h5"
 CONFIG = "model.json"
+CLASSIFIER = "classifier.npz"  # semisup's classifier, packed into the logged model
 
 
 def files_digest(folder: str | Path) -> str:
@@ -46,3 +50,20 @@ def load_model(folder: str | Path) -> HierarchicalVAE:
     except (OSError, ValueError) as exc:
         raise DataError(f"{folder / WEIGHTS}: cannot load weights ({exc})") from None
     return model
+
+
+def save_classifier(classifier: SpreadClassifier, folder: Path) -> None:
+    with atomic.atomic_path(Path(folder) / CLASSIFIER) as tmp, tmp.open("wb") as f:
+        np.savez(f, **classifier.to_arrays())
+
+
+def load_classifier(folder: str | Path) -> SpreadClassifier | None:
+    """The classifier beside the model, or None when the model has none."""
+    path = Path(folder) / CLASSIFIER
+    if not path.exists():
+        return None
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            return SpreadClassifier.from_arrays(arrays)
+    except (OSError, ValueError, KeyError) as exc:
+        raise DataError(f"{path}: cannot load the classifier ({exc})") from None

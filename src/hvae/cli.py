@@ -23,6 +23,7 @@ STAGES = {
     "evaluate": "test ELBO, per-layer KL, active units, IW NLL -> reports/metrics.json, registry",
     "ood": "OOD detection (likelihood, LLR>k) -> reports/ood.json, reports/ood_roc/",
     "probe": "linear probes of every layer from a few labels -> reports/probe.json",
+    "semisup": "label spreading from a few labels -> reports/semisup.json, models/classifier.npz",
     "render": "figures and the model card -> reports/figures/, reports/model_card.md",
 }
 COMMANDS = {
@@ -33,7 +34,7 @@ COMMANDS = {
     "serve": "serve a registered model over HTTP (default: the promote.alias version)",
 }
 # The stages that run TensorFlow: imported up front, without its start-up notices.
-TENSORFLOW_STAGES = ("train", "evaluate", "ood", "probe", "render")
+TENSORFLOW_STAGES = ("train", "evaluate", "ood", "probe", "semisup", "render")
 # `hvae serve` bounds: each worker holds a model (~0.8 GB here), and every body is read whole.
 MAX_WORKERS = 32
 MAX_BODY_MB = 1024

@@ -139,13 +139,55 @@ class EvaluateParams(_Section):
                 f"evaluate.batch_size * evaluate.chunk_size: must be <= {MAX_ROWS_PER_PASS} "
                 f"rows per pass (got {self.batch_size} * {self.chunk_size} = {rows})"
             )
-        for n in self.probe_labels:
-            if n < 10 or n % 10:
-                raise ValueError(
-                    f"evaluate.probe_labels: each budget must be a positive multiple of the "
-                    f"10 classes (got {n} in {self.probe_labels})"
-                )
+        _check_budgets("evaluate.probe_labels", self.probe_labels)
         return self
+
+
+class SemisupParams(_Section):
+    # Label spreading on every layer's posterior means (hvae.evaluation.label_spreading):
+    # `labels` balanced labelled training images per budget, each drawn `draws` times; the
+    # other images of the graph are the unlabelled data.
+    labels: list[int] = Field(
+        min_length=1, description="a non-empty list of multiples of 10 (the classes)"
+    )
+    draws: int = Field(ge=1, le=20)
+    # Training images in the graph (a seeded subset, or all of them if there are fewer): the
+    # search is quadratic in it.
+    graph_images: int = Field(ge=20)
+    neighbours: int = Field(ge=1, le=100)
+    alpha: float = Field(gt=0.0, lt=1.0)
+    iterations: int = Field(ge=1, le=1000)
+    # The budget whose first draw the registered model serves (predict's class column).
+    serve_labels: int = Field(ge=10)
+
+    @model_validator(mode="after")
+    def _budgets(self) -> SemisupParams:
+        _check_budgets("semisup.labels", self.labels)
+        if self.serve_labels not in self.labels:
+            raise ValueError(
+                f"semisup.serve_labels: must be one of semisup.labels={self.labels} "
+                f"(got {self.serve_labels})"
+            )
+        if max(self.labels) >= self.graph_images:
+            raise ValueError(
+                f"semisup.graph_images: must be > the largest of semisup.labels="
+                f"{self.labels}, so that some images are unlabelled (got {self.graph_images})"
+            )
+        if self.neighbours >= self.graph_images:
+            raise ValueError(
+                f"semisup.neighbours: must be < semisup.graph_images={self.graph_images} "
+                f"(got {self.neighbours})"
+            )
+        return self
+
+
+def _check_budgets(key: str, budgets: list[int]) -> None:
+    for n in budgets:
+        if n < 10 or n % 10:
+            raise ValueError(
+                f"{key}: each budget must be a positive multiple of the 10 classes "
+                f"(got {n} in {budgets})"
+            )
 
 
 class RenderParams(_Section):
@@ -198,6 +240,7 @@ class Params(_Section):
     model: ModelParams
     train: TrainParams
     evaluate: EvaluateParams
+    semisup: SemisupParams
     render: RenderParams
     mlflow: MlflowParams
     promote: PromoteParams
@@ -226,6 +269,12 @@ class Params(_Section):
                 f"evaluate.probe_labels: must be <= the {train_size} training images left "
                 f"after prepare.validation_size={self.prepare.validation_size} "
                 f"(got {max(self.evaluate.probe_labels)})"
+            )
+        if max(self.semisup.labels) >= train_size:
+            raise ValueError(
+                f"semisup.labels: must be < the {train_size} training images left after "
+                f"prepare.validation_size={self.prepare.validation_size}, so that some are "
+                f"unlabelled (got {max(self.semisup.labels)})"
             )
         if self.train.probe_images > self.prepare.validation_size:
             raise ValueError(

@@ -29,6 +29,13 @@ def posterior_means(
     return [np.concatenate([c[layer].numpy() for c in chunks]) for layer in range(model.n_layers)]
 
 
+def all_layer_means(
+    model: HierarchicalVAE, images: np.ndarray, batch_size: int, advance: Advance = None
+) -> np.ndarray:
+    """(N, sum of latent_dims): every layer's posterior means side by side."""
+    return np.concatenate(posterior_means(model, images, batch_size, advance), axis=1)
+
+
 def probe_accuracies(
     model: HierarchicalVAE,
     train: tuple[np.ndarray, np.ndarray],

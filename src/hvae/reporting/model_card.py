@@ -85,6 +85,7 @@ def render(
         _results(metrics, n),
         _ood(metrics, lineage.ood_dataset),
         _probes(metrics, n),
+        _semisup(metrics),
         _published(metrics, lineage.dataset),
         "## Load and serve",
         "",
@@ -93,7 +94,7 @@ def render(
         f'model = mlflow.pyfunc.load_model("models:/{name}/{version}")  # or @champion',
         "scores = model.predict(pixels)  # rows of 784 grey levels 0-255, any numeric dtype",
         'scores = model.predict(pixels, params={"iw_samples": 1000})  # columns: elbo, '
-        "iw_log_likelihood",
+        "iw_log_likelihood, class, class_probability",
         "```",
         "",
         "```bash",
@@ -177,6 +178,30 @@ def _probes(metrics: Mapping[str, float], n: int) -> str:
         if all(v is not None for v in values):
             cells = " | ".join(f"{v:.3f}" for v in values)
             rows.append(f"| {'all layers' if features == 'all' else features} | {cells} |")
+    return "\n".join(rows) + "\n"
+
+
+def _semisup(metrics: Mapping[str, float]) -> str:
+    budgets = sorted(
+        int(m.group(1)) for k in metrics if (m := re.fullmatch(r"semisup_error_n(\d+)", k))
+    )
+    if not budgets:
+        return ""
+    draws = int(metrics.get("semisup_draws", 1))
+    rows = [
+        "## Semi-supervised classification (test error)",
+        "",
+        "Label spreading on every layer's posterior means over "
+        f"{int(metrics.get('semisup_graph_images', 0)):,} training images, the others "
+        f"unlabelled; mean ± std over {draws} draws of balanced labels. `predict` answers "
+        "with this classifier.",
+        "",
+        "| labels | test error |",
+        "|---|---|",
+    ]
+    for b in budgets:
+        mean, std = metrics[f"semisup_error_n{b}"], metrics.get(f"semisup_error_n{b}_std", 0.0)
+        rows.append(f"| {b} | {mean:.2%} ± {std:.2%} |")
     return "\n".join(rows) + "\n"
 
 

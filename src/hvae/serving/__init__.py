@@ -1,6 +1,7 @@
 """A registered version at work: the MLflow pyfunc scorer (pyfunc) and the bounded HTTP
 server around MLflow's scoring app (server).
 
-pyfunc ships inside every logged model, so it may import only hvae.model, hvae.artifacts and
-hvae.errors (the package code a version carries) and the serving requirements.
+pyfunc ships inside every logged model, so it may import only hvae.model, hvae.evaluation
+(the classifier), hvae.artifacts and hvae.errors (the package code a version carries) and the
+serving requirements.
 """

@@ -18,6 +18,10 @@ A request is bounded and its scores are a pure function of (row, iw_samples, wei
   A row's scores do not depend on its batch-mates, on the call order or on other threads,
   and the scorer holds no mutable state (the model's own sampler is not used).
 
+With semisup's classifier in the model (hvae.evaluation.label_spreading), each row also
+gets `class` (0-9) and `class_probability`, from its posterior means; a version logged
+without one answers class -1 and probability NaN, and its metadata says `classifier: none`.
+
 Bad input raises RequestError (a ValueError, and an MlflowException so the scoring server
 answers 400 with its message): one line naming the field, its value and the allowed range.
 """
@@ -124,10 +128,14 @@ class HVAEScorer:
     def __init__(self, model_dir: str | Path):
         import tensorflow as tf
 
-        from hvae.artifacts import load_model
+        from hvae.artifacts import load_classifier, load_model
 
         self.model = load_model(Path(model_dir))
+        self.classifier = load_classifier(Path(model_dir))
         self._dims = list(self.model.latent_dims)
+        self._means = tf.function(
+            lambda x: tf.concat(self.model.posterior_means(x), axis=1), reduce_retracing=True
+        )
 
         def elbo(x: tf.Tensor, eps: list[tf.Tensor]) -> tf.Tensor:
             recon, kls = self.model.elbo_terms(x, eps=eps)
@@ -147,10 +155,30 @@ class HVAEScorer:
         binary = pixels > 127.5
         elbo = np.zeros(len(binary), np.float32)
         iw = np.zeros(len(binary), np.float32)
+        label = np.full(len(binary), -1, np.int64)
+        probability = np.full(len(binary), np.nan, np.float32)
         for start in range(0, len(binary), BATCH_ROWS):
             stop = start + BATCH_ROWS
             elbo[start:stop], iw[start:stop] = self._score_batch(binary[start:stop], k)
-        return pd.DataFrame({"elbo": elbo, "iw_log_likelihood": iw})
+            if self.classifier is not None:
+                label[start:stop], probability[start:stop] = self._classify(binary[start:stop])
+        return pd.DataFrame(
+            {
+                "elbo": elbo,
+                "iw_log_likelihood": iw,
+                "class": label,
+                "class_probability": probability,
+            }
+        )
+
+    def _classify(self, binary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The classifier's most probable class and its probability, for at most BATCH_ROWS
+        rows (padded to that size like the scores)."""
+        x = np.zeros((BATCH_ROWS, PIXELS), np.float32)
+        x[: len(binary)] = binary
+        means = self._means(x).numpy()[: len(binary)]
+        probabilities = self.classifier.predict_proba(means)
+        return probabilities.argmax(axis=1), probabilities.max(axis=1).astype(np.float32)
 
     def _score_batch(self, binary: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """ELBO and IW estimate of at most BATCH_ROWS rows, computed as a full batch."""

@@ -8,6 +8,7 @@ metrics and a model card that ood and probe complete.
 
 from __future__ import annotations
 
+import re
 import time
 from pathlib import Path
 
@@ -21,6 +22,9 @@ from hvae.data import prepared
 from hvae.evaluation import bounds
 from hvae.progress import Progress
 from hvae.tracking import card, registry, runs
+
+# The version tags of the stages that need no version to run (probe, semisup).
+EARLIER_TAG = re.compile(r"(probe_all|semisup_error)_n\d+")
 
 
 def run(params: Params, root: Path) -> None:
@@ -77,8 +81,10 @@ def run(params: Params, root: Path) -> None:
     }
     # The gate metrics evaluate computes; ood tags its own (registry.LATER_STAGE_TAGS).
     headline = {k: metrics[k] for k in (*GATE_METRICS, "iw_samples") if k in metrics}
+    # probe and semisup may have run first, before there was a version to tag.
+    earlier_tags = {k: _tag(v) for k, v in earlier.items() if EARLIER_TAG.fullmatch(k)}
     version = registry.register(
-        name, logged, {**lineage, **{k: _tag(v) for k, v in headline.items()}}
+        name, logged, {**lineage, **earlier_tags, **{k: _tag(v) for k, v in headline.items()}}
     )
     card.publish(name, run_id, model, params)
     seconds = time.perf_counter() - started

@@ -1,7 +1,8 @@
 """A registered version's model card, composed from what the stages have logged on its run.
 
-evaluate registers the version; ood and probe add their results later (or earlier: probe
-does not wait for evaluate). Each of them calls `publish` once its metrics file is logged on
+evaluate registers the version; ood, probe and semisup add their results later (or earlier:
+probe and semisup do not wait for evaluate, and evaluate tags the version with what they
+logged). Each of them calls `publish` once its metrics file is logged on
 the run, so the card always shows every result computed so far for exactly this run, and
 there is never a second version per run.
 """
@@ -19,7 +20,7 @@ from hvae.reporting import model_card
 from hvae.tracking import registry
 
 # Run artifacts holding each stage's metrics (the same files as reports/*.json).
-STAGE_METRICS = ("metrics.json", "ood.json", "probe.json")  # evaluate, ood, probe
+STAGE_METRICS = ("metrics.json", "ood.json", "probe.json", "semisup.json")
 LINEAGE_TAGS = (
     "run_id",
     "model_digest",

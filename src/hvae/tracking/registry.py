@@ -96,6 +96,9 @@ def log_model(name: str, run_id: str, model_dir: Path, example: np.ndarray) -> L
         data.mkdir(parents=True)
         for file in (artifacts.WEIGHTS, artifacts.CONFIG):
             shutil.copy2(model_dir / file, data / file)
+        classifier = model_dir / artifacts.CLASSIFIER
+        if classifier.exists():
+            shutil.copy2(classifier, data / artifacts.CLASSIFIER)
         info = mlflow.pyfunc.log_model(
             name=name,  # the logged model is listed under the registered model's name
             loader_module="hvae.serving.pyfunc",
@@ -104,7 +107,13 @@ def log_model(name: str, run_id: str, model_dir: Path, example: np.ndarray) -> L
             signature=_signature(frame, scores),
             input_example=frame,
             pip_requirements=pinned_requirements(),
-            metadata={"serving_limits": LIMITS},
+            metadata={
+                "serving_limits": LIMITS,
+                # What answers predict's class column (hvae.serving.pyfunc).
+                "classifier": "label spreading on the posterior means (semisup)"
+                if classifier.exists()
+                else "none",
+            },
         )
     return LoggedModel(info.model_uri, info.model_id, None)
 
@@ -114,7 +123,9 @@ def mlflow_keys(metrics: Mapping[str, float]) -> dict[str, float]:
     ood/llr_k1_auroc, probe_z1_n100 -> probe/z1_n100, active_units_z1 -> test/active_units_z1."""
     out = {}
     for name, value in metrics.items():
-        prefix = next((p for p in ("ood", "probe", "test") if name.startswith(p + "_")), None)
+        prefix = next(
+            (p for p in ("ood", "probe", "semisup", "test") if name.startswith(p + "_")), None
+        )
         out[f"{prefix}/{name.removeprefix(prefix + '_')}" if prefix else f"test/{name}"] = value
     return out
 
@@ -157,7 +168,13 @@ def register(name: str, logged: LoggedModel, tags: Mapping[str, str]) -> str:
 
 # The tags (or tag prefixes) that the ood and probe stages set on a version. The first two
 # are gate metrics (hvae.config.GATE_METRICS).
-LATER_STAGE_TAGS = ("ood_test_nll", "ood_likelihood_auroc", "ood_llr_samples", "probe_all_n")
+LATER_STAGE_TAGS = (
+    "ood_test_nll",
+    "ood_likelihood_auroc",
+    "ood_llr_samples",
+    "probe_all_n",
+    "semisup_error_n",
+)
 
 
 def replace_tags(
