@@ -1,6 +1,6 @@
 """Semi-supervised classifiers on a trained model's posterior means, compared on one machine.
 
-    python -m bench.semisup_methods [--params params.yaml] [--draws 5]
+    python -m bench.semisup_methods [--params params.yaml] [--draws 5] [--features all pixels]
 
 Run from a project whose `models/` and `data/prepared/` hold a trained model. For each feature
 set (every layer's posterior means; the raw pixels as the baseline) it builds the k-nearest-
@@ -34,6 +34,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--draws", type=int, default=5)
+    parser.add_argument(
+        "--features", nargs="+", choices=["all", "pixels"], default=["all", "pixels"]
+    )
     args = parser.parse_args()
     params = load_params(args.params)
     model = artifacts.load_model(paths.MODELS)
@@ -44,10 +47,13 @@ def main() -> None:
     images = {s: split.images for s, split in splits.items()}
     images["train"] = prepared.binarize_once(images["train"], params.prepare.seed + 3)
     labels = {s: split.labels for s, split in splits.items()}
-    features = {
-        "all layers": {s: all_layer_means(model, x, 500) for s, x in images.items()},
-        "pixels": {s: x.reshape(len(x), -1).astype(np.float32) for s, x in images.items()},
-    }
+    features = {}
+    if "all" in args.features:
+        features["all layers"] = {s: all_layer_means(model, x, 500) for s, x in images.items()}
+    if "pixels" in args.features:
+        features["pixels"] = {
+            s: x.reshape(len(x), -1).astype(np.float32) for s, x in images.items()
+        }
     for name, feats in features.items():
         mean, scale = ls.standardizer(feats["train"])
         std = {s: (x - mean) / scale for s, x in feats.items()}

@@ -106,3 +106,24 @@ def test_the_classifier_round_trips_through_its_file(tmp_path) -> None:
     loaded = artifacts.load_classifier(tmp_path)
     assert loaded is not None and loaded.k == 3 and loaded.width == classifier.width
     assert loaded.predict_proba(points) == pytest.approx(classifier.predict_proba(points))
+
+
+def test_an_outlier_far_from_everything_neither_poisons_the_graph_nor_loses_its_vote() -> None:
+    """Its weights underflow to zero (bench.semisup_methods on raw pixels once made every
+    probability NaN this way)."""
+    points, labels = _blobs(10)
+    points = np.concatenate([points, np.full((1, 5), 1e6, np.float32)])
+    graph = ls.Graph.build(*ls.nearest(points, points, 3, exclude_self=True))
+    labelled = np.arange(0, 100, 10)
+    proba = graph.spread(labelled, labels[labelled], 0.99, 20)
+    assert np.isfinite(proba).all()
+    assert (proba[:100].argmax(1) == labels).all()
+    assert proba[100] == pytest.approx(np.full(ls.CLASSES, 0.1))  # isolated, unlabelled
+    mean, scale = np.zeros(5, np.float32), np.ones(5, np.float32)
+    classifier = ls.fit(graph, points, mean, scale, labelled, labels[labelled], 0.99, 20)
+    # Every weight of a query this far underflows even in float64; it still takes the vote
+    # of its nearest training images.
+    far = points[:1] + 1e3
+    proba = classifier.predict_proba(far)
+    nearest = np.argmin(((points[:100].astype(np.float64) - far) ** 2).sum(1))
+    assert np.isfinite(proba).all() and proba.argmax() == labels[nearest]

@@ -71,7 +71,8 @@ class Graph:
     def build(cls, idx: np.ndarray, sq_dist: np.ndarray) -> Graph:
         width = float(np.median(sq_dist.max(axis=1)))
         width = width if width > 0 else 1.0  # every point duplicated: any width will do
-        return cls(idx, np.exp(-sq_dist / width), width)
+        # float64: an outlier's weights underflow only hundreds of widths away, not tens.
+        return cls(idx, np.exp(-np.asarray(sq_dist, np.float64) / width), width)
 
     def _w(self, g: np.ndarray) -> np.ndarray:
         """W g, for (n, c) g."""
@@ -97,7 +98,10 @@ class Graph:
         degree = self.weights.sum(axis=1) + np.bincount(
             self.idx.ravel(), self.weights.ravel(), minlength=n
         )
-        inv_sqrt = 1.0 / np.sqrt(degree)  # > 0: every point has k > 0 weighted edges
+        # A point whose every weight underflowed is isolated: it keeps its own label (or
+        # none), instead of spreading 0 * inf = NaN through the graph.
+        inv_sqrt = np.zeros(n)
+        np.divide(1.0, np.sqrt(degree), out=inv_sqrt, where=degree > 0)
         y = np.zeros((n, CLASSES))
         y[labelled, labels] = 1.0
         f = y
@@ -135,7 +139,10 @@ class SpreadClassifier:
 
     def vote(self, idx: np.ndarray, sq_dist: np.ndarray) -> np.ndarray:
         """(m, CLASSES) from each row's neighbours among the training images (`nearest`)."""
-        weights = np.exp(-sq_dist / self.width)
+        # Shifted by each row's nearest distance, which the normalization cancels: a row far
+        # from every training image still gets its neighbours' vote, not an underflowed zero.
+        shifted = sq_dist - sq_dist.min(axis=1, keepdims=True)
+        weights = np.exp(-np.asarray(shifted, np.float64) / self.width)
         return _normalize(np.einsum("mk,mkc->mc", weights, self.probabilities[idx]))
 
     def to_arrays(self) -> dict[str, np.ndarray]:
