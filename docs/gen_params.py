@@ -50,7 +50,10 @@ CROSS_KEY_RULES: dict[tuple[str, str], str] = {
         "`train.batch_size`, and every entry of `evaluate.probe_labels`, ≤ the training images "
         "left after `prepare.validation_size` (`{MNIST_TRAIN_SIZE} - prepare.validation_size`); "
         "every entry of `semisup.labels` < those training images; "
-        "`train.probe_images` ≤ `prepare.validation_size`."
+        "`train.probe_images` ≤ `prepare.validation_size`; `calibrate.score` is `auto`, "
+        "`likelihood`, `typicality` or `llr_k<j>` with 1 ≤ j < the number of layers; "
+        "`calibrate.validation_images` ≤ both `prepare.validation_size` and "
+        "`prepare.ood_validation_size`."
     ),
 }
 

@@ -28,9 +28,14 @@ STEMS = {
     "t10k-images-idx3-ubyte": lambda rng: write_idx(rng.integers(0, 256, (10, 28, 28), "u1")),
     "t10k-labels-idx1-ubyte": lambda rng: write_idx(rng.integers(0, 10, 10, "u1")),
 }
-PARAMS = params_text(
-    {"prepare.validation_size": "10", "train.batch_size": "10", "train.probe_images": "10"}
-)
+PARAMS_KEYS = {
+    "prepare.validation_size": "10",
+    "prepare.ood_validation_size": "10",
+    "calibrate.validation_images": "10",
+    "train.batch_size": "10",
+    "train.probe_images": "10",
+}
+PARAMS = params_text(PARAMS_KEYS)
 
 
 def _place(datasets: Path) -> None:
@@ -151,6 +156,19 @@ def test_bad_data_fails_cleanly(project: Path, monkeypatch, capsys, case: str, b
     else:
         assert not prepared.exists()
     assert not any(p.name.startswith(".") for p in (project / "data").glob("**/*"))
+
+
+def test_more_ood_validation_images_than_the_other_dataset_has(project, monkeypatch, capsys):
+    overrides = {"prepare.ood_validation_size": "31"}
+    (project / "params.yaml").write_text(params_text({**PARAMS_KEYS, **overrides}))
+    _trust_files_as_they_are(project / "datasets", monkeypatch)
+    code, err = _prepare(capsys)
+    assert code == 1 and err.count("\n") == 1
+    assert err.strip() == (
+        "hvae prepare: error: prepare.ood_validation_size: 31 is more than the 30 images of "
+        "fashion-mnist/train-images-idx3-ubyte"
+    )
+    assert not (project / "data" / "prepared").exists()
 
 
 def test_md5_mismatch_against_the_real_digests(project: Path, monkeypatch, capsys) -> None:

@@ -149,7 +149,9 @@ def test_params_are_frozen() -> None:
 
 # -- the messages, exactly ----------------------------------------------------------------------
 
-SECTIONS = "seed, data, prepare, model, train, evaluate, semisup, render, mlflow, promote"
+SECTIONS = (
+    "seed, data, prepare, model, train, evaluate, semisup, calibrate, render, mlflow, promote"
+)
 
 
 @pytest.mark.parametrize(

@@ -70,6 +70,8 @@ def test_sigkill_mid_epoch_then_dvc_repro_resumes_the_same_run(tmp_path: Path) -
         "render.hierarchy_rows": 2,
         "semisup.graph_images": 2000,
         "semisup.draws": 1,
+        "calibrate.fit_images": 500,
+        "calibrate.validation_images": 500,
     }
     repo, env = _new_repo(tmp_path / "repo", tiny)
     dvc = str(BIN / "dvc")

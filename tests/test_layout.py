@@ -19,7 +19,7 @@ ALLOWED = {
     "training": {"model", "evaluation", "config", "errors", "atomic"},
     "serving": {"model", "evaluation", "artifacts", "errors"},
     "tracking": {"errors", "atomic", "paths", "artifacts", "config", "serving", "reporting"},
-    "reporting": {"serving"},
+    "reporting": {"serving", "evaluation"},
     "artifacts": {"atomic", "errors", "model", "evaluation"},
     "config": {"errors"},
     "atomic": set(),

@@ -39,6 +39,7 @@ TINY = {
     "model": {"latent_dims": [4, 2], "hidden_dim": 16},
     "evaluate": {"iw_samples": 2, "chunk_size": 2, "llr_samples": 1, "probe_labels": [100]},
     "semisup": {"labels": [100], "serve_labels": 100, "draws": 1, "graph_images": 2000},
+    "calibrate": {"fit_images": 100, "validation_images": 100},
 }
 
 
@@ -95,6 +96,7 @@ def _refused(project: Path, stage: str, run_id: str) -> None:
         "evaluate": unfinished,
         "probe": unfinished,
         "semisup": unfinished,
+        "calibrate": unfinished,
         "ood": "data/scores/test.npz: not found (run `hvae evaluate` first)",
         "render": "reports/metrics.json: not found (run `hvae evaluate` first)",
     }
@@ -102,6 +104,7 @@ def _refused(project: Path, stage: str, run_id: str) -> None:
     assert len(client.search_model_versions("name = 'hvae-mnist'")) == versions
     assert client.get_run(run_id).info.status == status
     written_by_stages = ("metrics.json", "ood.json", "probe.json", "semisup.json", "figures")
+    written_by_stages += ("calibrate.json",)
     for written in (*written_by_stages, "model_card.md"):
         assert not (project / "reports" / written).exists(), written
 
@@ -137,7 +140,7 @@ def test_a_failed_train_is_never_registered(project: Path) -> None:
     failed = _record(project)["run_id"]
     assert failed != first and "model_digest" not in _record(project)
     assert _client(project).get_run(failed).info.status == "FAILED"
-    for stage in ("evaluate", "ood", "probe", "semisup", "render"):
+    for stage in ("evaluate", "ood", "probe", "semisup", "calibrate", "render"):
         _refused(project, stage, failed)
 
 

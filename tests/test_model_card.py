@@ -23,6 +23,12 @@ def _metrics() -> dict:
     for score, auroc in [("likelihood", 0.999), ("llr_k1", 0.734), ("llr_k2", 0.7)]:
         metrics.update({f"ood_{score}_auroc": auroc, f"ood_{score}_auprc": 0.5})
         metrics[f"ood_{score}_fpr80"] = 0.25
+    for score, auroc in [("likelihood", 0.41), ("llr_k1", 0.62), ("llr_k2", 0.55)]:
+        metrics[f"calibrate_{score}_auroc"] = auroc
+    metrics["calibrate_typicality_auroc"] = 0.991
+    metrics.update(ood_typicality_auroc=0.987, ood_typicality_auprc=0.98, ood_typicality_fpr80=0.01)
+    metrics.update(ood_served_auroc=0.987, ood_served_auprc=0.98, ood_served_fpr80=0.01)
+    metrics.update(ood_served_tpr=0.948, ood_served_flagged=0.962, calibrate_chosen_tpr=0.95)
     for features in ("z1", "z2", "z3", "all", "pixels"):
         for n in (100, 1000):
             metrics[f"probe_{features}_n{n}"] = 0.5 + n / 10000
@@ -49,6 +55,7 @@ def _card(dataset: str = "mnist", ood: str = "fashion-mnist") -> str:
         key_params={"train.epochs": 450, "seed": 42},
         metrics=_metrics(),
         requirements=["mlflow==3.17.2", "tensorflow==2.21.0"],
+        served={"ood_score": "typicality", "ood_threshold": "14.2"},
     )
 
 
@@ -67,7 +74,14 @@ def test_the_card_has_every_headline_figure() -> None:
     assert "k = 1000 | **81.38 nats**" in card
     assert "-84.40 nats (reconstruction 58.67, KL 25.73)" in card
     assert "| z1 | 5.27 | 32 |" in card and "| z3 | 7.04 | 8 |" in card
-    assert "| likelihood | 0.999 |" in card and "| LLR>2 | 0.700 |" in card
+    assert "| likelihood | 0.999 | 0.500 | 0.250 | 0.410 |" in card
+    assert "| LLR>2 | 0.700 | 0.500 | 0.250 | 0.550 |" in card
+    # The served score: named, with its validation threshold and its test-set rates.
+    assert "| typicality | 0.987 | 0.980 | 0.010 | 0.991 |" in card
+    assert "serves **typicality** as `ood_score` and flags `is_ood` above 14.2" in card
+    assert "95.0% of in-distribution validation images" in card
+    assert "AUROC 0.987; at the threshold 94.8% of the test images are accepted and 96.2%" in card
+    assert "| served |" not in card
     assert "| z2 | 0.510 | 0.600 |" in card and "| all layers | 0.510 | 0.600 |" in card
     assert "Ladder VAE" in card and "| **this version** | **81.38** | 1000 |" in card
     assert 'load_model("models:/hvae-mnist/7")' in card

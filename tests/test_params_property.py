@@ -77,9 +77,12 @@ NAMES = Probes("str", ("hvae-{data}", "{", "}", "hvae-{dataset"), ("x", "hvae-{d
 PROBES: dict[str, Probes] = {
     "seed": _int((-1, HUGE, MAX_SEED + 1), (0, MAX_SEED)),
     "data.dataset": Probes("choice", ("cifar10", "MNIST"), ("mnist", "fashion-mnist")),
-    # >= probe_images (1000); the training split left must hold a batch (1024).
-    "prepare.validation_size": _int((-1, 0, 1, 999, 58977, 60000, HUGE), (1000, 58976)),
+    # >= probe_images (1000) and calibrate.validation_images (2000); the training split left
+    # must hold a batch (1024).
+    "prepare.validation_size": _int((-1, 0, 1, 999, 1999, 58977, 60000, HUGE), (2000, 58976)),
     "prepare.seed": _int((-1,), (0, HUGE)),  # a SeedSequence's entropy: any size
+    # >= calibrate.validation_images (2000), <= the other dataset's 60 000 training images.
+    "prepare.ood_validation_size": _int((-1, 0, 1999, 60_001, HUGE), (2000, 60_000)),
     "model.latent_dims": Probes(
         "int list",
         ([16], [32, 0, 8], [8, -1], [0, 0], [8, "x"], [8, 1.5], [8, NAN], [8, 4097], [8, HUGE]),
@@ -136,6 +139,16 @@ PROBES: dict[str, Probes] = {
     "semisup.alpha": _float((-1, 0, 0.0, 1, 1.0, HUGE), (1e-9, 0.5, 0.99)),
     "semisup.iterations": _up_to(1000),
     "semisup.serve_labels": _int((-1, 0, 10, 1001, HUGE), (100, 1000)),
+    # The repo's model has 4 layers: LLR>1 to LLR>3.
+    "calibrate.score": Probes(
+        "str",
+        ("x", "llr_k0", "llr_k4", "llr_k", "LLR_k1", "auto ", "llr_k01"),
+        ("auto", "likelihood", "typicality", "llr_k1", "llr_k3"),
+    ),
+    "calibrate.fit_images": _int((-1, 0, 9, 60_001, HUGE), (10, 60_000)),
+    # <= prepare.validation_size and prepare.ood_validation_size (10 000 each).
+    "calibrate.validation_images": _int((-1, 0, 9, 10_001, HUGE), (10, 10_000)),
+    "calibrate.in_distribution_tpr": _float((-1, 0, 0.0, 1, 1.0, HUGE), (1e-9, 0.5, 0.95)),
     **{f"render.{key}": _int((-1, 0, top + 1, HUGE), (1, top)) for key, top in RENDER.items()},
     "render.traversal_steps": _int((-1, 0, 1, 33, HUGE), (2, 32)),
     "mlflow.experiment": NAMES,

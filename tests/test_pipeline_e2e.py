@@ -48,8 +48,10 @@ TINY = [
     # A 2 000-image graph: the neighbour search is quadratic in it.
     "semisup.graph_images=2000",
     "semisup.draws=2",
+    "calibrate.fit_images=500",
+    "calibrate.validation_images=500",
 ]
-STAGES = ("prepare", "train", "semisup", "evaluate", "ood", "probe", "render")
+STAGES = ("prepare", "train", "semisup", "calibrate", "evaluate", "ood", "probe", "render")
 PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config"]
 
 
@@ -117,10 +119,11 @@ def test_every_stage_ran(pipeline_run) -> None:
     assert "ood: fashion-mnist test NLL, k=10: 1,000/10,000 (10 %)" in output
     assert "probe: encoding images:" in output and "(100 %)" in output
     assert "semisup: neighbour search: 12,000/12,000 (100 %)" in output
+    assert "calibrate: 3 bounds, 4 samples: 4,500/4,500 (100 %)" in output
     shown = json.loads(_run([str(BIN / "dvc"), "metrics", "show", "--json"], repo, env).stdout)
     files = {name for data in shown.values() for name in data.get("data", {})}
     expected = {"reports/metrics.json", "reports/ood.json", "reports/probe.json"}
-    expected |= {"reports/semisup.json"}
+    expected |= {"reports/semisup.json", "reports/calibrate.json"}
     expected |= {f"reports/timings/{stage}.json" for stage in STAGES}
     assert expected <= files, files
 
@@ -161,7 +164,7 @@ def _check_ood_and_probes(repo: Path) -> None:
     """OOD metrics and ROC curves for the likelihood and LLR>1, LLR>2; probes per layer."""
     metrics = json.loads((repo / "reports/ood.json").read_text())
     assert math.isfinite(metrics["ood_test_nll"])
-    for score in ("likelihood", "llr_k1", "llr_k2"):
+    for score in ("likelihood", "llr_k1", "llr_k2", "typicality"):
         assert 0.0 <= metrics[f"ood_{score}_auroc"] <= 1.0
         assert 0.0 < metrics[f"ood_{score}_auprc"] <= 1.0
         assert 0.0 <= metrics[f"ood_{score}_fpr80"] <= 1.0
@@ -169,6 +172,20 @@ def _check_ood_and_probes(repo: Path) -> None:
         assert rows[0] == "fpr,tpr" and rows[1] == "0.0,0.0" and rows[-1] == "1.0,1.0"
         assert len(rows) > 100
     assert "ood_llr_k3_auroc" not in metrics  # k = L would infer nothing from x
+    # The served detector: chosen on validation data, reported on the test sets.
+    served = json.loads((repo / "models/ood_detector.json").read_text())
+    calibrate = json.loads((repo / "reports/calibrate.json").read_text())
+    scores = {"likelihood", "llr_k1", "llr_k2", "typicality"}
+    assert served["score"] in scores and served["samples"] == 4
+    aurocs = {s: calibrate[f"calibrate_{s}_auroc"] for s in scores}
+    assert aurocs[served["score"]] == max(aurocs.values())  # calibrate.score: auto
+    assert calibrate["calibrate_chosen_threshold"] == served["threshold"]
+    assert 0.95 <= calibrate["calibrate_chosen_tpr"] <= 0.96  # of 500 validation images
+    assert metrics["ood_served_auroc"] == metrics[f"ood_{served['score']}_auroc"] or (
+        served["score"] == "likelihood"  # ood's likelihood row is evaluate's k, not llr_samples
+    )
+    assert 0.85 < metrics["ood_served_tpr"] <= 1.0  # the threshold on 10 000 unseen images
+    assert 0.0 <= metrics["ood_served_flagged"] <= 1.0
     metrics = json.loads((repo / "reports/probe.json").read_text())
     for n in (100, 1000):
         for features in ("z1", "z2", "z3", "all", "pixels"):
@@ -244,6 +261,13 @@ def test_mlflow_run_and_registry(pipeline_run) -> None:
     )
     assert float(version.tags["ood_test_nll"]) == pytest.approx(ood["ood_test_nll"], abs=1e-3)
     assert version.tags["ood_llr_samples"] == "4"
+    # The packed OOD detector, as calibrate wrote it.
+    served = json.loads((repo / "models/ood_detector.json").read_text())
+    assert version.tags["ood_score"] == served["score"] and version.tags["ood_samples"] == "4"
+    assert float(version.tags["ood_threshold"]) == pytest.approx(served["threshold"], rel=1e-5)
+    assert float(version.tags["ood_served_auroc"]) == pytest.approx(
+        ood["ood_served_auroc"], abs=1e-4
+    )
     assert float(version.tags["probe_all_n100"]) == pytest.approx(probe["probe_all_n100"], abs=1e-4)
     # semisup ran before the version existed: evaluate tags it with what semisup logged.
     semisup = json.loads((repo / "reports/semisup.json").read_text())
@@ -258,6 +282,7 @@ def test_mlflow_run_and_registry(pipeline_run) -> None:
     assert "## Semi-supervised classification (test error)" in card
     assert f"| 100 | {semisup['semisup_error_n100']:.2%} ± " in card
     assert f"| likelihood | {ood['ood_likelihood_auroc']:.3f} |" in card
+    assert f"as `ood_score` and flags `is_ood` above {version.tags['ood_threshold']}" in card
     assert card.startswith(f"# hvae-mnist version {version.version}\n")
     assert run_id in card and version.tags["git_commit"] in card
     model = client.get_logged_model(run.outputs.model_outputs[0].model_id)
@@ -288,8 +313,9 @@ def test_dvc_status_clean_and_second_repro_does_nothing(pipeline_run) -> None:
     assert "Running stage" not in again
 
 
-def test_an_ood_param_reruns_only_ood_and_render(pipeline_run) -> None:
-    """evaluate.llr_samples is read by ood alone: the NLL, the probes and the version stay."""
+def test_an_ood_param_reruns_only_the_ood_stages(pipeline_run) -> None:
+    """evaluate.llr_samples is read by calibrate and ood: evaluate re-runs (it packs the
+    detector), train, semisup and probe do not; the NLL, the probes and the version stay."""
     from mlflow.tracking import MlflowClient
 
     repo, env, _ = pipeline_run
@@ -299,7 +325,10 @@ def test_an_ood_param_reruns_only_ood_and_render(pipeline_run) -> None:
     for setting in [*TINY, "evaluate.llr_samples=5"]:
         args += ["-S", setting]
     output = _run(args, repo, env).stdout
-    assert set(re.findall(r"Running stage '(\w+)'", output)) == {"ood", "render"}
+    rerun = set(re.findall(r"Running stage '(\w+)'", output))
+    assert rerun == {"calibrate", "evaluate", "ood", "render"}
+    # The version keeps the detector it was packed with, and evaluate says so.
+    assert "keeps the classifier and OOD detector it was logged with" in output
     assert (repo / "reports/metrics.json").read_bytes() == metrics_before
     assert (repo / "reports/probe.json").read_bytes() == probe_before
     assert json.loads((repo / "reports/ood.json").read_text())["ood_llr_samples"] == 5
@@ -307,6 +336,7 @@ def test_an_ood_param_reruns_only_ood_and_render(pipeline_run) -> None:
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     (version,) = client.search_model_versions("name = 'hvae-mnist'")
     assert version.tags["ood_llr_samples"] == "5"
+    assert version.tags["ood_samples"] == "4"  # what the version's packed detector uses
     assert version.description == (repo / "reports/model_card.md").read_text()
     assert "| `evaluate.llr_samples` | 5 |" in version.description
 
@@ -439,6 +469,9 @@ def test_promote_refuse_rollback_load_and_serve(pipeline_run, tmp_path: Path) ->
     # semisup's classifier travels with the version.
     assert set(in_process["class"]) <= set(range(10))
     assert all(0.1 <= p <= 1.0 for p in in_process["class_probability"])
+    # And calibrate's detector: in-distribution test images, mostly accepted.
+    assert all(math.isfinite(v) for v in in_process["ood_score"])
+    assert set(in_process["is_ood"]) <= {0, 1} and sum(in_process["is_ood"]) < len(frame) / 2
 
     # Serve the same alias and ask over HTTP: the same numbers.
     port = _free_port()
@@ -460,9 +493,10 @@ def test_promote_refuse_rollback_load_and_serve(pipeline_run, tmp_path: Path) ->
             served = json.loads(response.read())["predictions"]
     finally:
         _stop(server)
-    for key in ("elbo", "iw_log_likelihood", "class_probability"):
+    for key in ("elbo", "iw_log_likelihood", "class_probability", "ood_score"):
         assert [row[key] for row in served] == pytest.approx(in_process[key], rel=1e-6)
     assert [row["class"] for row in served] == in_process["class"]
+    assert [row["is_ood"] for row in served] == in_process["is_ood"]
 
 
 def test_ui_shows_runs_figures_and_registry(pipeline_run) -> None:

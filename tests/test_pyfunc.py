@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -14,12 +15,12 @@ from mlflow.exceptions import MlflowException
 
 from hvae import artifacts
 from hvae.errors import DataError
-from hvae.evaluation import label_spreading
+from hvae.evaluation import anomaly, detector, label_spreading
 from hvae.model import build_model
 from hvae.serving import pyfunc
 from hvae.serving.pyfunc import HVAEScorer, _load_pyfunc
 
-COLUMNS = ["elbo", "iw_log_likelihood", "class", "class_probability"]
+COLUMNS = ["elbo", "iw_log_likelihood", "class", "class_probability", "ood_score", "is_ood"]
 
 
 @pytest.fixture(scope="module")
@@ -69,6 +70,56 @@ def test_a_model_with_a_classifier_answers_its_class(
     assert ((scores["class_probability"] >= 0.1 - 1e-6) & (scores["class_probability"] <= 1)).all()
 
 
+@pytest.fixture(scope="module")
+def detecting(tmp_path_factory: pytest.TempPathFactory, scorer: HVAEScorer) -> HVAEScorer:
+    """The same model with a typicality detector calibrated on its own bounds: sparse images
+    in distribution, dense ones out."""
+    folder: Path = tmp_path_factory.mktemp("detecting")
+    scorer.model.save_weights(folder / artifacts.WEIGHTS)
+    artifacts.save_config(scorer.model, folder)
+    rng = np.random.default_rng(3)
+    sparse = (rng.random((300, 784)) < 0.1).astype(np.float32)
+    dense = (rng.random((100, 784)) < 0.5).astype(np.float32)
+    bounds = [anomaly.bound_matrix(scorer.model, x, 3, 100, 3) for x in (sparse, dense)]
+    chosen, _ = detector.calibrate(
+        bounds[0][:200], bounds[0][200:], bounds[1], 3, 0.9, "typicality"
+    )
+    artifacts.save_detector(chosen, folder)
+    return _load_pyfunc(str(folder))
+
+
+def test_a_model_with_a_detector_answers_its_ood_score(
+    detecting: HVAEScorer, scorer: HVAEScorer
+) -> None:
+    rng = np.random.default_rng(4)
+    pixels = np.concatenate([rng.random((13, 784)) < 0.1, rng.random((12, 784)) < 0.5])
+    frame = pd.DataFrame(pixels * 255.0)
+    scores = detecting.predict(frame, {"iw_samples": 5})
+    plain = scorer.predict(frame, {"iw_samples": 5})
+    pd.testing.assert_frame_equal(
+        scores[["elbo", "iw_log_likelihood"]], plain[["elbo", "iw_log_likelihood"]]
+    )
+    # Each row's bounds at the detector's 3 samples, from the row's own second noise stream.
+    model, served = detecting.model, detecting.detector
+    expected = []
+    for row in pixels.astype(np.float32):
+        noise = pyfunc.row_noise(row > 0.5, 3, sum(model.latent_dims), b"hvae.ood")
+        edges = np.cumsum([0, *model.latent_dims])
+        eps = [tf.constant(noise[:, None, lo:hi]) for lo, hi in itertools.pairwise(edges)]
+        x = tf.constant(row[None])
+        bounds = [model.iw_log_likelihood(x, 3, 3, j, eps=eps).numpy()[0] for j in range(2)]
+        expected.append(served(np.array([bounds]))[0])
+    np.testing.assert_allclose(scores["ood_score"], expected, rtol=1e-4)
+    assert scores["is_ood"].tolist() == (np.array(expected) > served.threshold).tolist()
+    # Dense rows are far from the sparse images the detector was fitted on.
+    assert scores["is_ood"][13:].mean() > scores["is_ood"][:13].mean()
+    # The detector's 3 samples x 2 bounds (L and L>1 of the 2 layers) count in the budget.
+    assert detecting.ood_cost == 6
+    rows = pyfunc.MAX_ROW_SAMPLES // (pyfunc.MAX_IW_SAMPLES + 6) + 1
+    with pytest.raises(ValueError, match=r"^rows \* iw_samples \(\+ the OOD score\): expected "):
+        detecting.predict(np.zeros((rows, 784), np.uint8), {"iw_samples": pyfunc.MAX_IW_SAMPLES})
+
+
 def test_a_damaged_classifier_is_one_line(tmp_path: Path) -> None:
     (tmp_path / artifacts.CLASSIFIER).write_bytes(b"not a zip")
     with pytest.raises(DataError, match=r"classifier.npz: cannot load the classifier"):
@@ -85,8 +136,9 @@ def test_scores_per_image(scorer: HVAEScorer) -> None:
     scores = scorer.predict(_frame(3), {"iw_samples": 20})
     assert list(scores.columns) == COLUMNS
     assert len(scores) == 3 and np.isfinite(scores[["elbo", "iw_log_likelihood"]]).all().all()
-    # No classifier beside this model: the class columns say so instead of failing.
+    # No classifier or detector beside this model: the columns say so instead of failing.
     assert (scores["class"] == -1).all() and scores["class_probability"].isna().all()
+    assert (scores["is_ood"] == -1).all() and scores["ood_score"].isna().all()
     # The IW estimate with k=20 is (almost surely) above the one-sample ELBO draw on average.
     assert scores["iw_log_likelihood"].mean() > scores["elbo"].mean() - 5.0
 

@@ -70,7 +70,14 @@ def test_the_version_has_a_signature_and_an_input_example(registered) -> None:
     info = mlflow.models.get_model_info("models:/m/1")
     assert info.signature is not None and len(info.signature.inputs.inputs) == 784
     outputs = [c.name for c in info.signature.outputs.inputs]
-    assert outputs == ["elbo", "iw_log_likelihood", "class", "class_probability"]
+    assert outputs == [
+        "elbo",
+        "iw_log_likelihood",
+        "class",
+        "class_probability",
+        "ood_score",
+        "is_ood",
+    ]
     assert info.signature.params.params[0].name == "iw_samples"
     assert info.saved_input_example_info is not None
 

@@ -77,11 +77,13 @@ def test_keeping_upper_layers_redraws_only_the_lower_ones(tiny) -> None:
     assert not np.allclose(lower_redrawn[:, 0], lower_redrawn[:, 3], atol=1e-4)
 
 
-def test_llr_scores_for_every_k_the_hierarchy_allows(tiny) -> None:
-    scores = anomaly.llr_scores(tiny.model, tiny.images, samples=3, batch_size=16, chunk=2)
-    assert sorted(scores) == [1, 2]
-    for values in scores.values():
-        assert values.shape == (40,) and np.isfinite(values).all()
+def test_bound_matrix_holds_every_bound_the_hierarchy_allows(tiny) -> None:
+    matrix = anomaly.bound_matrix(tiny.model, tiny.images, samples=3, batch_size=16, chunk=2)
+    assert matrix.shape == (40, 3) and np.isfinite(matrix).all()
+    # Each column is a different bound (L, L>1, L>2), not one estimate repeated.
+    assert not np.allclose(matrix[:, 0], matrix[:, 1]) and not np.allclose(
+        matrix[:, 1], matrix[:, 2]
+    )
     np.testing.assert_array_equal(anomaly.likelihood_score(np.array([-80.0])), [80.0])
 
 
@@ -97,7 +99,7 @@ def test_every_pass_reports_each_image_once_to_its_progress(tiny) -> None:
     bounds.elbo_and_kl(tiny.model, tiny.images, 16, advance=seen.append)
     assert sum(seen) == 40
     seen.clear()
-    anomaly.llr_scores(tiny.model, tiny.images, 2, 40, 2, advance=seen.append)
+    anomaly.bound_matrix(tiny.model, tiny.images, 2, 40, 2, advance=seen.append)
     assert seen == [40, 40, 40]  # L = 3 bounds: L(x), L>1 and L>2
     seen.clear()
     representations.posterior_means(tiny.model, tiny.images, 32, advance=seen.append)

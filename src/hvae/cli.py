@@ -20,6 +20,8 @@ from hvae.errors import ConfigError, HVAEError
 STAGES = {
     "prepare": "verify and parse the MNIST IDX files, split and binarize -> data/prepared",
     "train": "train the hierarchical VAE -> models/, reports/train_history.csv, an MLflow run",
+    "calibrate": "choose and threshold the served OOD score on validation data -> "
+    "models/ood_detector.json, reports/calibrate.json",
     "evaluate": "test ELBO, per-layer KL, active units, IW NLL -> reports/metrics.json, registry",
     "ood": "OOD detection (likelihood, LLR>k) -> reports/ood.json, reports/ood_roc/",
     "probe": "linear probes of every layer from a few labels -> reports/probe.json",
@@ -34,7 +36,7 @@ COMMANDS = {
     "serve": "serve a registered model over HTTP (default: the promote.alias version)",
 }
 # The stages that run TensorFlow: imported up front, without its start-up notices.
-TENSORFLOW_STAGES = ("train", "evaluate", "ood", "probe", "semisup", "render")
+TENSORFLOW_STAGES = ("train", "calibrate", "evaluate", "ood", "probe", "semisup", "render")
 # `hvae serve` bounds: each worker holds a model (~0.8 GB here), and every body is read whole.
 MAX_WORKERS = 32
 MAX_BODY_MB = 1024

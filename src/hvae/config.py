@@ -54,6 +54,8 @@ class PrepareParams(_Section):
     # Seeds the validation split and the one-off binarization of validation and test sets,
     # so every run and every evaluation scores exactly the same bits, whatever `seed` is.
     seed: int = Field(ge=0)
+    # Images held out of the *other* dataset's training set: calibrate's OOD validation set.
+    ood_validation_size: int = Field(ge=1, le=MNIST_TRAIN_SIZE)
 
 
 class ModelParams(_Section):
@@ -181,6 +183,19 @@ class SemisupParams(_Section):
         return self
 
 
+class CalibrateParams(_Section):
+    # The served OOD score (hvae.evaluation.detector): auto picks the best validation AUROC.
+    # One of auto, likelihood, typicality or llr_k<j> (1 <= j < the number of layers).
+    score: str = Field(min_length=1)
+    # Binarized training images the typicality statistics are fitted on (a seeded subset,
+    # or all of them if there are fewer).
+    fit_images: int = Field(ge=10, le=MNIST_TRAIN_SIZE)
+    # Of each validation set (in-distribution, and the other dataset's training images).
+    validation_images: int = Field(ge=10, le=MNIST_TRAIN_SIZE)
+    # The in-distribution validation fraction the threshold accepts.
+    in_distribution_tpr: float = Field(gt=0.0, lt=1.0)
+
+
 def _check_budgets(key: str, budgets: list[int]) -> None:
     for n in budgets:
         if n < 10 or n % 10:
@@ -241,6 +256,7 @@ class Params(_Section):
     train: TrainParams
     evaluate: EvaluateParams
     semisup: SemisupParams
+    calibrate: CalibrateParams
     render: RenderParams
     mlflow: MlflowParams
     promote: PromoteParams
@@ -276,6 +292,22 @@ class Params(_Section):
                 f"prepare.validation_size={self.prepare.validation_size}, so that some are "
                 f"unlabelled (got {max(self.semisup.labels)})"
             )
+        layers = len(self.model.latent_dims)
+        scores = ["auto", "likelihood", *(f"llr_k{j}" for j in range(1, layers)), "typicality"]
+        if self.calibrate.score not in scores:
+            raise ValueError(
+                f"calibrate.score: must be one of {', '.join(scores)} for "
+                f"{layers} layers (got {self.calibrate.score!r})"
+            )
+        for key, size in (
+            ("prepare.validation_size", self.prepare.validation_size),
+            ("prepare.ood_validation_size", self.prepare.ood_validation_size),
+        ):
+            if self.calibrate.validation_images > size:
+                raise ValueError(
+                    f"calibrate.validation_images: must be <= {key}={size} "
+                    f"(got {self.calibrate.validation_images})"
+                )
         if self.train.probe_images > self.prepare.validation_size:
             raise ValueError(
                 f"train.probe_images: must be <= prepare.validation_size="

@@ -20,6 +20,7 @@ OOD_METRICS = REPORTS / "ood.json"
 OOD_ROC = REPORTS / "ood_roc"  # one ROC curve (fpr, tpr) per OOD score
 PROBE_METRICS = REPORTS / "probe.json"
 SEMISUP_METRICS = REPORTS / "semisup.json"
+CALIBRATE_METRICS = REPORTS / "calibrate.json"  # every OOD score on validation data, the choice
 SEMISUP_CONFUSION = REPORTS / "semisup_confusion.csv"  # actual, predicted: a dvc confusion plot
 MODEL_CARD = REPORTS / "model_card.md"  # the registered version's description, too
 FIGURES = REPORTS / "figures"
@@ -30,6 +31,7 @@ def timings(stage: str) -> Path:
     return TIMINGS / f"{stage}.json"
 
 
-# The training dataset (train/valid/test) and the other dataset's test set (OOD checks).
+# The training dataset (train/valid/test), and the other dataset's validation images (from its
+# training set: calibrate) and test set (ood).
 TRAIN_FILE = "dataset.npz"
-OOD_FILE = "ood-test.npz"
+OOD_FILE = "ood.npz"

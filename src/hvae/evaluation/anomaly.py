@@ -21,24 +21,25 @@ def likelihood_score(log_px: np.ndarray) -> np.ndarray:
     return -np.asarray(log_px)
 
 
-def llr_scores(
+def bound_matrix(
     model: HierarchicalVAE,
     images: np.ndarray,
     samples: int,
     batch_size: int,
     chunk: int,
     advance: Advance = None,
-) -> dict[int, np.ndarray]:
-    """LLR>k per image for every k = 1..L-1, both bounds estimated with `samples`
-    importance samples (with samples=1 they are the plain ELBO and L>k).
+) -> np.ndarray:
+    """(n, L) per-image bounds, each estimated with `samples` importance samples (with
+    samples=1 the plain ELBO and L>k): column 0 is L(x), column k the bound L>k.
 
     `advance` hears of every image once per bound: L passes over `images` in all."""
     chunk = min(chunk, samples)
-    bound = iw_log_likelihood(model, images, samples, batch_size, chunk, advance=advance)
-    return {
-        k: bound
-        - iw_log_likelihood(
-            model, images, samples, batch_size, chunk, prior_layers=k, advance=advance
-        )
-        for k in range(1, model.n_layers)
-    }
+    return np.stack(
+        [
+            iw_log_likelihood(
+                model, images, samples, batch_size, chunk, prior_layers=k, advance=advance
+            )
+            for k in range(model.n_layers)
+        ],
+        axis=1,
+    )

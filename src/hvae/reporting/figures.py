@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
 
+from hvae.evaluation import detector
+
 
 def image_grid(rows: np.ndarray, title: str, row_labels: list[str] | None = None) -> Figure:
     """rows: (n_rows, n_cols, 784) pixel values in [0, 1]."""
@@ -94,7 +96,9 @@ def ood_roc(curves: dict[str, pd.DataFrame], aurocs: dict[str, float], title: st
     fig, ax = plt.subplots(figsize=(5.5, 5))
     for name, curve in curves.items():
         ax.plot(
-            curve["fpr"], curve["tpr"], label=f"{_score_label(name)} (AUROC {aurocs[name]:.3f})"
+            curve["fpr"],
+            curve["tpr"],
+            label=f"{detector.score_label(name)} (AUROC {aurocs[name]:.3f})",
         )
     ax.plot([0, 1], [0, 1], ":", color="grey", label="chance")
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=title)
@@ -102,10 +106,6 @@ def ood_roc(curves: dict[str, pd.DataFrame], aurocs: dict[str, float], title: st
     ax.legend(loc="lower right", fontsize=8)
     fig.tight_layout()
     return fig
-
-
-def _score_label(name: str) -> str:
-    return f"LLR>{name.removeprefix('llr_k')}" if name.startswith("llr_k") else "-log p(x)"
 
 
 def probe_accuracy(metrics: dict[str, float], budgets: list[int], features: list[str]) -> Figure:

@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
+from hvae.evaluation.detector import score_label
 from hvae.serving import pyfunc
 
 # Published test NLLs on MNIST (nats; dynamically binarized training data), from the papers.
@@ -45,8 +46,11 @@ def render(
     key_params: Mapping[str, object],
     metrics: Mapping[str, float],
     requirements: Sequence[str],
+    served: Mapping[str, str] | None = None,
 ) -> str:
-    """The card as Markdown. `architecture` is the model's config (hvae.artifacts)."""
+    """The card as Markdown. `architecture` is the model's config (hvae.artifacts);
+    `served` the version's `ood_score` and `ood_threshold` tags, when it has a detector."""
+    served = served or {}
     dims = list(architecture["latent_dims"])
     n = len(dims)
     name, version = lineage.registered_model, lineage.version
@@ -83,7 +87,7 @@ def render(
         *(f"| `{key}` | {value} |" for key, value in key_params.items()),
         "",
         _results(metrics, n),
-        _ood(metrics, lineage.ood_dataset),
+        _ood(metrics, lineage.ood_dataset, served),
         _probes(metrics, n),
         _semisup(metrics),
         _published(metrics, lineage.dataset),
@@ -94,7 +98,7 @@ def render(
         f'model = mlflow.pyfunc.load_model("models:/{name}/{version}")  # or @champion',
         "scores = model.predict(pixels)  # rows of 784 grey levels 0-255, any numeric dtype",
         'scores = model.predict(pixels, params={"iw_samples": 1000})  # columns: elbo, '
-        "iw_log_likelihood, class, class_probability",
+        "iw_log_likelihood, class, class_probability, ood_score, is_ood",
         "```",
         "",
         "```bash",
@@ -103,8 +107,9 @@ def render(
         f"mlflow models generate-dockerfile -m models:/{name}/{version}",
         "```",
         "",
-        f"A request holds at most {pyfunc.MAX_ROWS:,} rows and rows * `iw_samples` is at most "
-        f"{pyfunc.MAX_ROW_SAMPLES:,}; `iw_samples` is 1 to {pyfunc.MAX_IW_SAMPLES}. A row's "
+        f"A request holds at most {pyfunc.MAX_ROWS:,} rows and rows * (`iw_samples` + the OOD "
+        f"score's samples) is at most {pyfunc.MAX_ROW_SAMPLES:,}; `iw_samples` is 1 to "
+        f"{pyfunc.MAX_IW_SAMPLES}. A row's "
         "scores depend on that row alone (its noise is seeded by its pixels): the same rows "
         "give the same numbers, alone, batched or concurrently.",
         "",
@@ -139,24 +144,48 @@ def _results(metrics: Mapping[str, float], n: int) -> str:
     return "\n".join(rows) + "\n"
 
 
-def _ood(metrics: Mapping[str, float], ood_dataset: str) -> str:
+def _ood(metrics: Mapping[str, float], ood_dataset: str, served: Mapping[str, str]) -> str:
     scores = sorted(
-        {k.removeprefix("ood_").removesuffix("_auroc") for k in metrics if k.endswith("_auroc")},
-        key=lambda s: (s != "likelihood", s),
+        {
+            m.group(1)
+            for k in metrics
+            if (m := re.fullmatch(r"ood_(.+)_auroc", k)) and m.group(1) != "served"
+        },
+        key=lambda s: (s != "likelihood", s == "typicality", s),
     )
+    title = f"## Out-of-distribution detection against {_dataset_title(ood_dataset)}"
+    rows = [title, ""]
+    if "ood_score" in served:
+        score = served["ood_score"]
+        rows += [
+            f"`predict` serves **{score_label(score)}** as `ood_score` and flags `is_ood` above "
+            f"{served.get('ood_threshold', '?')}: the score and threshold calibrate chose on "
+            "validation data only (in-distribution validation images against the other "
+            "dataset's training images), the threshold accepting "
+            f"{metrics.get('calibrate_chosen_tpr', float('nan')):.1%} of in-distribution "
+            "validation images.",
+            "",
+        ]
+        if "ood_served_auroc" in metrics:
+            rows += [
+                f"On the test sets: AUROC {metrics['ood_served_auroc']:.3f}; at the threshold "
+                f"{metrics['ood_served_tpr']:.1%} of the test images are accepted and "
+                f"{metrics['ood_served_flagged']:.1%} of the {_dataset_title(ood_dataset)} "
+                "test images flagged.",
+                "",
+            ]
     if not scores:
-        return ""
-    rows = [
-        f"## Out-of-distribution detection against {_dataset_title(ood_dataset)}",
-        "",
-        "| score | AUROC | AUPRC | FPR at 80 % TPR |",
-        "|---|---|---|---|",
+        return "\n".join(rows) + "\n" if "ood_score" in served else ""
+    rows += [
+        "| score (test sets) | AUROC | AUPRC | FPR at 80 % TPR | validation AUROC |",
+        "|---|---|---|---|---|",
     ]
     for s in scores:
-        label = "likelihood" if s == "likelihood" else "LLR>" + s.removeprefix("llr_k")
+        valid = metrics.get(f"calibrate_{s}_auroc")
         rows.append(
-            f"| {label} | {metrics[f'ood_{s}_auroc']:.3f} | {metrics[f'ood_{s}_auprc']:.3f} "
-            f"| {metrics[f'ood_{s}_fpr80']:.3f} |"
+            f"| {score_label(s)} | {metrics[f'ood_{s}_auroc']:.3f} | "
+            f"{metrics[f'ood_{s}_auprc']:.3f} | {metrics[f'ood_{s}_fpr80']:.3f} | "
+            + (f"{valid:.3f} |" if valid is not None else "- |")
         )
     return "\n".join(rows) + "\n"
 

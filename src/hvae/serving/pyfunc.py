@@ -22,6 +22,12 @@ With semisup's classifier in the model (hvae.evaluation.label_spreading), each r
 gets `class` (0-9) and `class_probability`, from its posterior means; a version logged
 without one answers class -1 and probability NaN, and its metadata says `classifier: none`.
 
+With calibrate's detector in the model (hvae.evaluation.detector), each row also gets
+`ood_score` (higher = more anomalous) and `is_ood` (1 above the calibrated threshold, else
+0), from the detector's bounds at its own sample count, with noise from a second per-row
+stream; without one they are NaN and -1, and the metadata says `ood_detector: none`. Its
+samples count in the request budget: rows * (iw_samples + the detector's samples per row).
+
 Bad input raises RequestError (a ValueError, and an MlflowException so the scoring server
 answers 400 with its message): one line naming the field, its value and the allowed range.
 """
@@ -112,12 +118,13 @@ def check_pixels(model_input) -> np.ndarray:
     return pixels
 
 
-def row_noise(binary: np.ndarray, draws: int, dims: int) -> np.ndarray:
-    """(draws, dims) standard normals for one binarized row, a function of that row alone.
+def row_noise(binary: np.ndarray, draws: int, dims: int, stream: bytes = b"hvae.eps") -> np.ndarray:
+    """(draws, dims) standard normals for one binarized row, a function of that row alone
+    (and of `stream`: the scores' and the OOD score's draws are independent).
 
     Draw j is the same whatever `draws` is, so k samples are a prefix of k + 1 samples.
     """
-    digest = hashlib.blake2b(np.packbits(binary).tobytes(), digest_size=16, person=b"hvae.eps")
+    digest = hashlib.blake2b(np.packbits(binary).tobytes(), digest_size=16, person=stream)
     rng = np.random.default_rng(int.from_bytes(digest.digest(), "little"))
     return rng.standard_normal((draws, dims), dtype=np.float32)
 
@@ -128,10 +135,15 @@ class HVAEScorer:
     def __init__(self, model_dir: str | Path):
         import tensorflow as tf
 
-        from hvae.artifacts import load_classifier, load_model
+        from hvae.artifacts import load_classifier, load_detector, load_model
 
         self.model = load_model(Path(model_dir))
         self.classifier = load_classifier(Path(model_dir))
+        self.detector = load_detector(Path(model_dir))
+        # Importance samples one row's OOD score costs: samples per bound, each bound.
+        self.ood_cost = (
+            0 if self.detector is None else self.detector.samples * len(self.detector.layers)
+        )
         self._dims = list(self.model.latent_dims)
         self._means = tf.function(
             lambda x: tf.concat(self.model.posterior_means(x), axis=1), reduce_retracing=True
@@ -146,10 +158,15 @@ class HVAEScorer:
     def predict(self, model_input, params: dict | None = None) -> pd.DataFrame:
         pixels = check_pixels(model_input)
         k = check_iw_samples((params or {}).get("iw_samples"))
-        if len(pixels) * k > MAX_ROW_SAMPLES:
+        if len(pixels) * (k + self.ood_cost) > MAX_ROW_SAMPLES:
+            total = (
+                f"{len(pixels)} * ({k} + {self.ood_cost})"
+                if self.ood_cost
+                else (f"{len(pixels)} * {k}")
+            )
             raise RequestError(
-                f"rows * iw_samples: expected at most {MAX_ROW_SAMPLES}, got "
-                f"{len(pixels)} * {k} = {len(pixels) * k}"
+                f"rows * iw_samples{' (+ the OOD score)' if self.ood_cost else ''}: expected "
+                f"at most {MAX_ROW_SAMPLES}, got {total} = {len(pixels) * (k + self.ood_cost)}"
             )
         # Grey levels 0-255 are thresholded at half intensity: a deterministic binarization.
         binary = pixels > 127.5
@@ -157,43 +174,71 @@ class HVAEScorer:
         iw = np.zeros(len(binary), np.float32)
         label = np.full(len(binary), -1, np.int64)
         probability = np.full(len(binary), np.nan, np.float32)
+        ood_score = np.full(len(binary), np.nan, np.float32)
+        is_ood = np.full(len(binary), -1, np.int64)
         for start in range(0, len(binary), BATCH_ROWS):
             stop = start + BATCH_ROWS
-            elbo[start:stop], iw[start:stop] = self._score_batch(binary[start:stop], k)
+            x = np.zeros((BATCH_ROWS, PIXELS), np.float32)
+            x[: min(stop, len(binary)) - start] = binary[start:stop]
+            rows = binary[start:stop]
+            elbo[start:stop], iw[start:stop] = self._score_batch(x, rows, k)
             if self.classifier is not None:
-                label[start:stop], probability[start:stop] = self._classify(binary[start:stop])
+                label[start:stop], probability[start:stop] = self._classify(x, len(rows))
+            if self.detector is not None:
+                ood_score[start:stop] = self._ood_score(x, rows)
+        if self.detector is not None:
+            is_ood = (ood_score > self.detector.threshold).astype(np.int64)
         return pd.DataFrame(
             {
                 "elbo": elbo,
                 "iw_log_likelihood": iw,
                 "class": label,
                 "class_probability": probability,
+                "ood_score": ood_score,
+                "is_ood": is_ood,
             }
         )
 
-    def _classify(self, binary: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """The classifier's most probable class and its probability, for at most BATCH_ROWS
-        rows (padded to that size like the scores)."""
-        x = np.zeros((BATCH_ROWS, PIXELS), np.float32)
-        x[: len(binary)] = binary
-        means = self._means(x).numpy()[: len(binary)]
+    def _classify(self, x: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """The classifier's most probable class and its probability for the first `rows`
+        rows of a padded batch."""
+        means = self._means(x).numpy()[:rows]
         probabilities = self.classifier.predict_proba(means)
         return probabilities.argmax(axis=1), probabilities.max(axis=1).astype(np.float32)
 
-    def _score_batch(self, binary: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """ELBO and IW estimate of at most BATCH_ROWS rows, computed as a full batch."""
+    def _noise(self, binary: np.ndarray, draws: int, stream: bytes) -> list[np.ndarray]:
+        """One (draws, BATCH_ROWS, dim) array per layer; padding rows keep zero noise."""
+        noise = [np.zeros((draws, BATCH_ROWS, d), np.float32) for d in self._dims]
+        edges = np.cumsum([0, *self._dims])
+        for r in range(len(binary)):
+            row = row_noise(binary[r], draws, int(edges[-1]), stream)
+            for layer, (lo, hi) in enumerate(itertools.pairwise(edges)):
+                noise[layer][:, r] = row[:, lo:hi]
+        return noise
+
+    def _ood_score(self, x: np.ndarray, binary: np.ndarray) -> np.ndarray:
+        """The detector's score of the padded batch's first len(binary) rows: every bound it
+        reads at its sample count, all from one noise draw per row (common random numbers,
+        which keep the variance of a difference of bounds low)."""
+        import tensorflow as tf
+
+        samples = self.detector.samples
+        eps = [tf.constant(n) for n in self._noise(binary, samples, b"hvae.ood")]
+        bounds = np.full((BATCH_ROWS, self.model.n_layers), np.nan)
+        x = tf.constant(x)
+        chunk = min(samples, IW_CHUNK)
+        for j in self.detector.layers:
+            bounds[:, j] = self.model.iw_log_likelihood(x, samples, chunk, j, eps=eps).numpy()
+        return self.detector(bounds[: len(binary)])
+
+    def _score_batch(
+        self, x: np.ndarray, binary: np.ndarray, k: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """ELBO and IW estimate of the padded batch's first len(binary) rows."""
         import tensorflow as tf
 
         rows = len(binary)
-        x = np.zeros((BATCH_ROWS, PIXELS), np.float32)
-        x[:rows] = binary
-        # One (1 + k, BATCH_ROWS, dim) array per layer; padding rows keep zero noise.
-        noise = [np.zeros((1 + k, BATCH_ROWS, d), np.float32) for d in self._dims]
-        edges = np.cumsum([0, *self._dims])
-        for r in range(rows):
-            draws = row_noise(binary[r], 1 + k, int(edges[-1]))
-            for layer, (lo, hi) in enumerate(itertools.pairwise(edges)):
-                noise[layer][:, r] = draws[:, lo:hi]
+        noise = self._noise(binary, 1 + k, b"hvae.eps")
         x = tf.constant(x)
         elbo = self._elbo(x, [tf.constant(n[0]) for n in noise])
         iw_eps = [tf.constant(n[1:]) for n in noise]

@@ -83,6 +83,23 @@ def run(params: Params, root: Path) -> None:
     headline = {k: metrics[k] for k in (*GATE_METRICS, "iw_samples") if k in metrics}
     # probe and semisup may have run first, before there was a version to tag.
     earlier_tags = {k: _tag(v) for k, v in earlier.items() if EARLIER_TAG.fullmatch(k)}
+    packed = artifacts.extras_digest(paths.MODELS)
+    if logged.version is None:
+        # Just packed: semisup's classifier and calibrate's detector, as they are in models/.
+        earlier_tags["packed_digest"] = packed
+        detector = artifacts.load_detector(paths.MODELS)
+        if detector is not None:
+            earlier_tags.update(
+                ood_score=detector.score,
+                ood_threshold=f"{detector.threshold:.6g}",
+                ood_samples=str(detector.samples),
+            )
+    elif registry.version_tag(name, logged.version, "packed_digest") != packed:
+        print(
+            f"evaluate: {name} version {logged.version} keeps the classifier and OOD detector "
+            f"it was logged with; {paths.MODELS} now holds others (a changed semisup.* or "
+            "calibrate.*), which a new training run would serve"
+        )
     version = registry.register(
         name, logged, {**lineage, **earlier_tags, **{k: _tag(v) for k, v in headline.items()}}
     )

@@ -1,9 +1,12 @@
 """ood: out-of-distribution detection against the other dataset's test set.
 
-Two scores (hvae.evaluation.anomaly): the likelihood, from evaluate's per-image test
-log-likelihoods (data/scores/test.npz) and the same estimate on the OOD test set, and LLR>k
-for every k. Writes reports/ood.json and one ROC curve per score under reports/ood_roc/,
-logs both on the training run and adds the results to the registered version.
+Every score of hvae.evaluation.detector on both test sets: the likelihood, from evaluate's
+per-image test log-likelihoods (data/scores/test.npz) and the same estimate on the OOD test
+set; LLR>k for every k and typicality, from the L bounds at `evaluate.llr_samples`. Then the
+served detector that calibrate chose on validation data (models/ood_detector.json): its
+AUROC, AUPRC and FPR80 on the test sets (`ood_served_*`) and the rates at its threshold.
+Writes reports/ood.json and one ROC curve per score under reports/ood_roc/, logs both on the
+training run and adds the results to the registered version.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from hvae import artifacts, atomic, paths
 from hvae.config import Params
 from hvae.data import prepared
 from hvae.errors import DataError
-from hvae.evaluation import anomaly, bounds, ood
+from hvae.evaluation import anomaly, bounds, detector, ood
 from hvae.progress import Progress
 from hvae.tracking import card, runs
 
@@ -57,6 +60,11 @@ def run(params: Params, root: Path) -> None:
             "run `hvae evaluate` again"
         )
     model = artifacts.load_model(paths.MODELS)
+    served = artifacts.load_detector(paths.MODELS)
+    if served is None:
+        raise DataError(
+            f"{paths.MODELS / artifacts.DETECTOR}: not found (run `hvae calibrate` first)"
+        )
     runs.configure(root)
     run_id = runs.read_run_record(model_digest)
 
@@ -72,17 +80,23 @@ def run(params: Params, root: Path) -> None:
         "likelihood": (anomaly.likelihood_score(log_px), anomaly.likelihood_score(ood_log_px))
     }
     # Every image once per bound: L bounds (L and each L>k) over both test sets.
-    llr = Progress(
+    progress = Progress(
         f"ood: LLR>k bounds, {e.llr_samples} samples",
         model.n_layers * (len(test) + len(ood_test)),
     )
-    in_llr = anomaly.llr_scores(
-        model, test.images, e.llr_samples, e.batch_size, e.chunk_size, llr.advance
+    in_bounds, ood_bounds = (
+        anomaly.bound_matrix(model, x, e.llr_samples, e.batch_size, e.chunk_size, progress.advance)
+        for x in (test.images, ood_test.images)
     )
-    ood_llr = anomaly.llr_scores(
-        model, ood_test.images, e.llr_samples, e.batch_size, e.chunk_size, llr.advance
-    )
-    scores.update({f"llr_k{k}": (in_llr[k], ood_llr[k]) for k in in_llr})
+    # Typicality with the statistics calibrate fitted on training images.
+    in_all = detector.scores(in_bounds, served.typicality)
+    ood_all = detector.scores(ood_bounds, served.typicality)
+    scores.update({s: (in_all[s], ood_all[s]) for s in in_all if s != "likelihood"})
+    served_in, served_ood = served(in_bounds), served(ood_bounds)
+    metrics.update({f"ood_served_{m}": v for m, v in ood.summary(served_in, served_ood).items()})
+    # The threshold's rates on data it was not set on.
+    metrics["ood_served_tpr"] = float(np.mean(served_in <= served.threshold))
+    metrics["ood_served_flagged"] = float(np.mean(served_ood > served.threshold))
     rocs = {}
     for score, (in_scores, ood_scores) in scores.items():
         metrics.update(
@@ -100,6 +114,7 @@ def run(params: Params, root: Path) -> None:
     # Two of the tags are gate metrics (`hvae promote --metric`).
     tags = {k: f"{metrics[k]:.4f}" for k in ("ood_test_nll", "ood_likelihood_auroc")}
     tags["ood_llr_samples"] = str(e.llr_samples)
+    tags["ood_served_auroc"] = f"{metrics['ood_served_auroc']:.4f}"
     card.add_stage_results(
         params.registered_model, run_id, model, params, metrics, paths.OOD_METRICS, tags
     )
@@ -108,6 +123,9 @@ def run(params: Params, root: Path) -> None:
     print(
         f"ood: {manifest['dataset']} test vs {manifest['ood_dataset']} test, AUROC likelihood "
         f"{metrics['ood_likelihood_auroc']:.3f}, "
-        + ", ".join(f"LLR>{k} {metrics[f'ood_llr_k{k}_auroc']:.3f}" for k in in_llr)
-        + f" (LLR with {e.llr_samples} samples); {seconds:.0f} s"
+        + ", ".join(f"{s} {metrics[f'ood_{s}_auroc']:.3f}" for s in scores if s != "likelihood")
+        + f" ({e.llr_samples} samples per bound); served {served.score}: AUROC "
+        f"{metrics['ood_served_auroc']:.3f}, {metrics['ood_served_tpr']:.1%} of "
+        f"{manifest['dataset']} accepted, {metrics['ood_served_flagged']:.1%} of "
+        f"{manifest['ood_dataset']} flagged at the threshold; {seconds:.0f} s"
     )

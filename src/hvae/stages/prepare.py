@@ -49,9 +49,22 @@ def run(params: Params) -> None:
     }
 
     ood_spec = sources.DATASETS[params.data.ood_dataset]
-    ood_files = sources.obtain(ood_spec, TEST_STEMS, paths.RAW)
+    ood_files = sources.obtain(ood_spec, TEST_STEMS + TRAIN_STEMS, paths.RAW)
     ood_x, ood_y = _images_and_labels(ood_files, TEST_STEMS, ood_spec.name)
+    # The OOD validation set comes from the other dataset's *training* images, so that
+    # choosing and thresholding an OOD score never sees either test set.
+    ood_train_x, ood_train_y = _images_and_labels(ood_files, TRAIN_STEMS, ood_spec.name)
+    if p.ood_validation_size > len(ood_train_y):
+        raise DataError(
+            f"prepare.ood_validation_size: {p.ood_validation_size} is more than the "
+            f"{len(ood_train_y)} images of {ood_spec.name}/{TRAIN_STEMS[0]}"
+        )
+    _, (ood_val_x, ood_val_y) = prepared.split_validation(
+        ood_train_x, ood_train_y, p.ood_validation_size, split_seed + 1
+    )
     ood = {
+        "valid_images": prepared.binarize_once(ood_val_x, binarize_seed + 3),
+        "valid_labels": ood_val_y,
         "test_images": prepared.binarize_once(ood_x, binarize_seed + 2),
         "test_labels": ood_y,
     }
@@ -62,7 +75,7 @@ def run(params: Params) -> None:
             "ood_dataset": ood_spec.name,
             "sources": {
                 **{f"{spec.name}/{s}": spec.md5[s] for s in TRAIN_STEMS + TEST_STEMS},
-                **{f"{ood_spec.name}/{s}": ood_spec.md5[s] for s in TEST_STEMS},
+                **{f"{ood_spec.name}/{s}": ood_spec.md5[s] for s in TEST_STEMS + TRAIN_STEMS},
             },
             "split": {"seed": p.seed, "train": len(train_y), "validation": len(val_y)},
             "binarization": "validation and test: one Bernoulli draw, p = pixel/255, fixed seed",
@@ -70,6 +83,7 @@ def run(params: Params) -> None:
                 "train": len(train_y),
                 "valid": len(val_y),
                 "test": len(test_y),
+                "ood_valid": len(ood_val_y),
                 "ood_test": len(ood_y),
             },
             "files": {
@@ -85,5 +99,6 @@ def run(params: Params) -> None:
     atomic.write_json(paths.timings("prepare"), {"seconds": time.perf_counter() - started})
     print(
         f"prepare: {len(train_y)} train / {len(val_y)} validation / {len(test_y)} test "
-        f"{spec.name} images, {len(ood_y)} {ood_spec.name} test images -> {paths.PREPARED}"
+        f"{spec.name} images, {len(ood_val_y)} validation / {len(ood_y)} test "
+        f"{ood_spec.name} images -> {paths.PREPARED}"
     )

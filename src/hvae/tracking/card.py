@@ -20,7 +20,7 @@ from hvae.reporting import model_card
 from hvae.tracking import registry
 
 # Run artifacts holding each stage's metrics (the same files as reports/*.json).
-STAGE_METRICS = ("metrics.json", "ood.json", "probe.json", "semisup.json")
+STAGE_METRICS = ("metrics.json", "calibrate.json", "ood.json", "probe.json", "semisup.json")
 LINEAGE_TAGS = (
     "run_id",
     "model_digest",
@@ -95,6 +95,7 @@ def publish(name: str, run_id: str, model, params: Params) -> tuple[str, str] | 
         key_params=key_params(params),
         metrics=run_metrics(run_id),
         requirements=registry.pinned_requirements(),
+        served={k: tags[k] for k in ("ood_score", "ood_threshold") if k in tags},
     )
     registry.describe(name, logged.version, card)
     return logged.version, card

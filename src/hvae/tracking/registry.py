@@ -97,8 +97,10 @@ def log_model(name: str, run_id: str, model_dir: Path, example: np.ndarray) -> L
         for file in (artifacts.WEIGHTS, artifacts.CONFIG):
             shutil.copy2(model_dir / file, data / file)
         classifier = model_dir / artifacts.CLASSIFIER
-        if classifier.exists():
-            shutil.copy2(classifier, data / artifacts.CLASSIFIER)
+        detector = artifacts.load_detector(model_dir)
+        for extra in (artifacts.CLASSIFIER, artifacts.DETECTOR):
+            if (model_dir / extra).exists():
+                shutil.copy2(model_dir / extra, data / extra)
         info = mlflow.pyfunc.log_model(
             name=name,  # the logged model is listed under the registered model's name
             loader_module="hvae.serving.pyfunc",
@@ -113,6 +115,10 @@ def log_model(name: str, run_id: str, model_dir: Path, example: np.ndarray) -> L
                 "classifier": "label spreading on the posterior means (semisup)"
                 if classifier.exists()
                 else "none",
+                # What answers predict's ood_score and is_ood columns.
+                "ood_detector": {k: v for k, v in detector.to_dict().items() if k != "typicality"}
+                if detector is not None
+                else "none",
             },
         )
     return LoggedModel(info.model_uri, info.model_id, None)
@@ -122,10 +128,9 @@ def mlflow_keys(metrics: Mapping[str, float]) -> dict[str, float]:
     """Metrics-file keys -> MLflow keys: test_nll -> test/nll, ood_llr_k1_auroc ->
     ood/llr_k1_auroc, probe_z1_n100 -> probe/z1_n100, active_units_z1 -> test/active_units_z1."""
     out = {}
+    stages = ("calibrate", "ood", "probe", "semisup", "test")
     for name, value in metrics.items():
-        prefix = next(
-            (p for p in ("ood", "probe", "semisup", "test") if name.startswith(p + "_")), None
-        )
+        prefix = next((p for p in stages if name.startswith(p + "_")), None)
         out[f"{prefix}/{name.removeprefix(prefix + '_')}" if prefix else f"test/{name}"] = value
     return out
 
@@ -159,12 +164,16 @@ def register(name: str, logged: LoggedModel, tags: Mapping[str, str]) -> str:
     version = logged.version or mlflow.register_model(logged.model_uri, name).version
     existing = client.get_model_version(name, version).tags
     for key in existing.keys() - tags.keys():
-        if not key.startswith(("promotion.", "rollback.", *LATER_STAGE_TAGS)):
+        if not key.startswith(("promotion.", "rollback.", *LATER_STAGE_TAGS, *PACKED_TAGS)):
             client.delete_model_version_tag(name, version, key)
     for key, value in tags.items():
         client.set_model_version_tag(name, version, key, value)
     return str(version)
 
+
+# What the version was packed with (evaluate sets them when it logs the model): a version's
+# files never change, so a re-evaluated version keeps these.
+PACKED_TAGS = ("packed_digest", "ood_score", "ood_threshold", "ood_samples")
 
 # The tags (or tag prefixes) that the ood and probe stages set on a version. The first two
 # are gate metrics (hvae.config.GATE_METRICS).
@@ -172,9 +181,14 @@ LATER_STAGE_TAGS = (
     "ood_test_nll",
     "ood_likelihood_auroc",
     "ood_llr_samples",
+    "ood_served_auroc",
     "probe_all_n",
     "semisup_error_n",
 )
+
+
+def version_tag(name: str, version: str, key: str) -> str | None:
+    return MlflowClient().get_model_version(name, version).tags.get(key)
 
 
 def replace_tags(
