@@ -176,14 +176,13 @@ def _check_ood_and_probes(repo: Path) -> None:
     served = json.loads((repo / "models/ood_detector.json").read_text())
     calibrate = json.loads((repo / "reports/calibrate.json").read_text())
     scores = {"likelihood", "llr_k1", "llr_k2", "typicality"}
-    assert served["score"] in scores and served["samples"] == 4
-    aurocs = {s: calibrate[f"calibrate_{s}_auroc"] for s in scores}
-    assert aurocs[served["score"]] == max(aurocs.values())  # calibrate.score: auto
+    assert served["score"] == "typicality" and served["samples"] == 4  # params.yaml's
+    assert all(
+        0.0 <= calibrate[f"calibrate_{s}_{m}"] <= 1.0 for s in scores for m in ("auroc", "auprc")
+    )
     assert calibrate["calibrate_chosen_threshold"] == served["threshold"]
     assert 0.95 <= calibrate["calibrate_chosen_tpr"] <= 0.96  # of 500 validation images
-    assert metrics["ood_served_auroc"] == metrics[f"ood_{served['score']}_auroc"] or (
-        served["score"] == "likelihood"  # ood's likelihood row is evaluate's k, not llr_samples
-    )
+    assert metrics["ood_served_auroc"] == metrics["ood_typicality_auroc"]
     assert 0.85 < metrics["ood_served_tpr"] <= 1.0  # the threshold on 10 000 unseen images
     assert 0.0 <= metrics["ood_served_flagged"] <= 1.0
     metrics = json.loads((repo / "reports/probe.json").read_text())
@@ -292,7 +291,7 @@ def test_mlflow_run_and_registry(pipeline_run) -> None:
     artifacts = {a.path for a in client.list_artifacts(run_id, "figures")}
     assert {"figures/hierarchy.png", "figures/ood_roc.png", "figures/traversal_z3.png"} <= artifacts
     rocs = {a.path for a in client.list_artifacts(run_id, "ood_roc")}
-    assert rocs == {f"ood_roc/{s}.csv" for s in ("likelihood", "llr_k1", "llr_k2")}
+    assert rocs == {f"ood_roc/{s}.csv" for s in ("likelihood", "llr_k1", "llr_k2", "typicality")}
 
 
 def test_figures_are_pngs(pipeline_run) -> None:

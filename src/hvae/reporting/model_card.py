@@ -87,7 +87,7 @@ def render(
         *(f"| `{key}` | {value} |" for key, value in key_params.items()),
         "",
         _results(metrics, n),
-        _ood(metrics, lineage.ood_dataset, served),
+        _ood(metrics, lineage.dataset, lineage.ood_dataset, served),
         _probes(metrics, n),
         _semisup(metrics),
         _published(metrics, lineage.dataset),
@@ -144,7 +144,9 @@ def _results(metrics: Mapping[str, float], n: int) -> str:
     return "\n".join(rows) + "\n"
 
 
-def _ood(metrics: Mapping[str, float], ood_dataset: str, served: Mapping[str, str]) -> str:
+def _ood(
+    metrics: Mapping[str, float], dataset: str, ood_dataset: str, served: Mapping[str, str]
+) -> str:
     scores = sorted(
         {
             m.group(1)
@@ -169,7 +171,8 @@ def _ood(metrics: Mapping[str, float], ood_dataset: str, served: Mapping[str, st
         if "ood_served_auroc" in metrics:
             rows += [
                 f"On the test sets: AUROC {metrics['ood_served_auroc']:.3f}; at the threshold "
-                f"{metrics['ood_served_tpr']:.1%} of the test images are accepted and "
+                f"{metrics['ood_served_tpr']:.1%} of the {_dataset_title(dataset)} test images "
+                "are accepted and "
                 f"{metrics['ood_served_flagged']:.1%} of the {_dataset_title(ood_dataset)} "
                 "test images flagged.",
                 "",
