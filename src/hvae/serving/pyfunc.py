@@ -24,9 +24,11 @@ without one answers class -1 and probability NaN, and its metadata says `classif
 
 With calibrate's detector in the model (hvae.evaluation.detector), each row also gets
 `ood_score` (higher = more anomalous) and `is_ood` (1 above the calibrated threshold, else
-0), from the detector's bounds at its own sample count, with noise from a second per-row
-stream; without one they are NaN and -1, and the metadata says `ood_detector: none`. Its
-samples count in the request budget: rows * (iw_samples + the detector's samples per row).
+0), from the detector's bounds at its own sample count, each bound with noise from its own
+per-row stream (independent of the scores' and of each other, as in calibrate, whose
+statistics and threshold assume independent estimates); without one they are NaN and -1,
+and the metadata says `ood_detector: none`. Its samples count in the request budget:
+rows * (iw_samples + the detector's samples per row).
 
 Bad input raises RequestError (a ValueError, and an MlflowException so the scoring server
 answers 400 with its message): one line naming the field, its value and the allowed range.
@@ -129,6 +131,11 @@ def row_noise(binary: np.ndarray, draws: int, dims: int, stream: bytes = b"hvae.
     return rng.standard_normal((draws, dims), dtype=np.float32)
 
 
+def ood_stream(bound: int) -> bytes:
+    """The noise stream of the OOD score's bound L>`bound` (0: L itself)."""
+    return b"hvae.ood%d" % bound
+
+
 class HVAEScorer:
     """Per-image scores: ELBO and importance-weighted log-likelihood (higher = more typical)."""
 
@@ -218,16 +225,16 @@ class HVAEScorer:
 
     def _ood_score(self, x: np.ndarray, binary: np.ndarray) -> np.ndarray:
         """The detector's score of the padded batch's first len(binary) rows: every bound it
-        reads at its sample count, all from one noise draw per row (common random numbers,
-        which keep the variance of a difference of bounds low)."""
+        reads at its sample count, each from its own noise stream. Shared noise would correlate
+        the bounds' Monte Carlo errors, and the detector was calibrated on independent ones."""
         import tensorflow as tf
 
         samples = self.detector.samples
-        eps = [tf.constant(n) for n in self._noise(binary, samples, b"hvae.ood")]
         bounds = np.full((BATCH_ROWS, self.model.n_layers), np.nan)
         x = tf.constant(x)
         chunk = min(samples, IW_CHUNK)
         for j in self.detector.layers:
+            eps = [tf.constant(n) for n in self._noise(binary, samples, ood_stream(j))]
             bounds[:, j] = self.model.iw_log_likelihood(x, samples, chunk, j, eps=eps).numpy()
         return self.detector(bounds[: len(binary)])
 
