@@ -75,14 +75,10 @@ def run(params: Params, root: Path) -> None:
     artifacts.save_detector(chosen, paths.MODELS)
     atomic.write_json(paths.CALIBRATE_METRICS, metrics)
 
+    # No version tags: the version's ood_score and ood_threshold are those of the detector
+    # evaluate packed into it (registry.PACKED_TAGS), which a re-run here does not change.
     card.add_stage_results(
-        params.registered_model,
-        run_id,
-        model,
-        params,
-        metrics,
-        paths.CALIBRATE_METRICS,
-        {"ood_score": chosen.score, "ood_threshold": f"{chosen.threshold:.4f}"},
+        params.registered_model, run_id, model, params, metrics, paths.CALIBRATE_METRICS, {}
     )
     seconds = time.perf_counter() - started
     runs.record_stage_time("calibrate", run_id, {"seconds": seconds})
