@@ -92,7 +92,7 @@ def run(params: Params, root: Path) -> None:
     in_all = detector.scores(in_bounds, served.typicality)
     ood_all = detector.scores(ood_bounds, served.typicality)
     scores.update({s: (in_all[s], ood_all[s]) for s in in_all if s != "likelihood"})
-    served_in, served_ood = served(in_bounds), served(ood_bounds)
+    served_in, served_ood = in_all[served.score], ood_all[served.score]
     metrics.update({f"ood_served_{m}": v for m, v in ood.summary(served_in, served_ood).items()})
     # The threshold's rates on data it was not set on.
     metrics["ood_served_tpr"] = float(np.mean(served_in <= served.threshold))
