@@ -13,11 +13,13 @@ STAMP := $(VENV)/.installed
 
 .PHONY: repro test lint docs lock lock-upgrade bench clean-venv
 
-$(STAMP): pyproject.toml uv.lock
+$(STAMP): pyproject.toml uv.lock Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	test -x $(BIN)/uv || $(BIN)/python -m pip install --quiet uv==$(UV_VERSION)
-	# --frozen: install exactly what uv.lock says, never re-resolve.
-	$(BIN)/uv sync --frozen --quiet $(EXTRAS)
+	# --frozen: install exactly what uv.lock says, never re-resolve. --compile-bytecode: uv writes
+	# no .pyc by default, and where PYTHONDONTWRITEBYTECODE is set (these machines) every process
+	# then compiles TensorFlow's sources again: `import tensorflow, mlflow` 28 s instead of 10 s.
+	$(BIN)/uv sync --frozen --quiet --compile-bytecode $(EXTRAS)
 	touch $(STAMP)
 
 repro: $(STAMP)
