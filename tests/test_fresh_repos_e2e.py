@@ -52,27 +52,20 @@ def test_sigkill_mid_epoch_then_dvc_repro_resumes_the_same_run(tmp_path: Path) -
     import signal
 
     import numpy as np
+    import yaml
     from mlflow.tracking import MlflowClient
 
     epochs = 8
-    tiny = {
+    # The shared tiny settings (the OOD and probe stages at their tiny sizes too: they run
+    # after the resume), with more epochs and a probe every other one.
+    tiny = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in TINY)}
+    tiny.update({
         "train.epochs": epochs,
-        "evaluate.iw_samples": 10,
-        "evaluate.chunk_size": 10,
-        "model.hidden_dim": 32,
-        "train.batch_size": 250,
-        "train.kl_warmup_epochs": 1,
-        "train.log_every_steps": 100,
         "train.probe_every_epochs": 2,
         "train.probe_iw_samples": 5,
         "train.probe_images": 200,
-        "render.n_samples": 16,
-        "render.hierarchy_rows": 2,
-        "semisup.graph_images": 2000,
         "semisup.draws": 1,
-        "calibrate.fit_images": 500,
-        "calibrate.validation_images": 500,
-    }
+    })  # fmt: skip
     repo, env = _new_repo(tmp_path / "repo", tiny)
     dvc = str(BIN / "dvc")
     log = tmp_path / "killed.log"
