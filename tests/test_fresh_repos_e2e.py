@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from test_pipeline_e2e import BIN, DATA_DIR, TINY, _check_ood_and_probes, _new_repo, _run
+from test_pipeline_e2e import (
+    BIN,
+    DATA_DIR,
+    TINY,
+    _check_ood_and_probes,
+    _new_repo,
+    _run,
+    tiny_params,
+)
 
 pytestmark = [
     pytest.mark.e2e,
@@ -52,13 +60,12 @@ def test_sigkill_mid_epoch_then_dvc_repro_resumes_the_same_run(tmp_path: Path) -
     import signal
 
     import numpy as np
-    import yaml
     from mlflow.tracking import MlflowClient
 
     epochs = 8
     # The shared tiny settings (the OOD and probe stages at their tiny sizes too: they run
     # after the resume), with more epochs and a probe every other one.
-    tiny = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in TINY)}
+    tiny = tiny_params()
     tiny.update({
         "train.epochs": epochs,
         "train.probe_every_epochs": 2,

@@ -51,6 +51,15 @@ TINY = [
     "calibrate.fit_images=500",
     "calibrate.validation_images=500",
 ]
+
+
+def tiny_params() -> dict:
+    """TINY as `_new_repo`'s params: each key with its value parsed as YAML."""
+    import yaml
+
+    return {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in TINY)}
+
+
 STAGES = ("prepare", "train", "semisup", "calibrate", "evaluate", "ood", "probe", "render")
 PROJECT_FILES = ["dvc.yaml", "params.yaml", ".dvcignore", ".gitignore", ".dvc/config"]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from test_pipeline_e2e import BIN, DATA_DIR, TINY, _hvae, _new_repo, _run, _test_frame
+from test_pipeline_e2e import BIN, DATA_DIR, _hvae, _new_repo, _run, _test_frame, tiny_params
 from test_team_e2e import _run_queue, _tiny_settings
 
 pytestmark = [
@@ -172,10 +172,7 @@ def _weights_digest(output: str) -> str:
 
 
 def test_training_twice_gives_the_same_weights_even_under_load(tmp_path: Path) -> None:
-    settings = dict(s.split("=", 1) for s in TINY)
-    repo, env = _new_repo(
-        tmp_path / "repo", {k: yaml.safe_load(v) for k, v in settings.items() if "." in k}
-    )
+    repo, env = _new_repo(tmp_path / "repo", tiny_params())
     _run([str(BIN / "hvae"), "prepare"], repo, env)
     first = _weights_digest(_run([str(BIN / "hvae"), "train"], repo, env).stdout)
     busy = [

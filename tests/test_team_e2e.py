@@ -23,7 +23,17 @@ from pathlib import Path
 
 import pytest
 
-from test_pipeline_e2e import BIN, DATA_DIR, TINY, _free_port, _new_repo, _run, _stop, _wait_for
+from test_pipeline_e2e import (
+    BIN,
+    DATA_DIR,
+    TINY,
+    _free_port,
+    _new_repo,
+    _run,
+    _stop,
+    _wait_for,
+    tiny_params,
+)
 
 pytestmark = [
     pytest.mark.e2e,
@@ -254,12 +264,11 @@ def test_two_workers_train_in_step_and_only_the_chief_logs(tmp_path: Path) -> No
     """Two `hvae train` processes, as on two machines (each its own folder with the prepared
     data), train the tiny model for one epoch over 127.0.0.1: the same final weights, one
     MLflow run, and nothing written by the non-chief worker."""
-    import yaml
     from mlflow.tracking import MlflowClient
 
     from hvae.training.distribute import tf_config
 
-    settings = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in TINY)}
+    settings = tiny_params()
     params = {k: v for k, v in settings.items() if k.startswith(("model.", "train."))}
     params["train.strategy"] = "multi_worker"
     chief, env = _new_repo(tmp_path / "chief", params)
