@@ -12,6 +12,7 @@ import keras
 import numpy as np
 import pytest
 
+from hvae.training.callbacks import RaiseIfInterrupted
 from hvae.training.fit import compiled_model, training_callbacks
 from hvae.training.optimizer import FusedAdam
 from params_helpers import params_with
@@ -43,7 +44,7 @@ def test_params_reach_the_model_and_optimizer() -> None:
     assert isinstance(model.optimizer, FusedAdam)
     assert model.steps_per_execution == params.train.steps_per_execution
     assert not model.optimizer.use_ema
-    assert training_callbacks(params) == []
+    assert [type(c) for c in training_callbacks(params)] == [RaiseIfInterrupted]
 
 
 def test_ema_validates_and_saves_the_averaged_weights() -> None:
@@ -51,7 +52,7 @@ def test_ema_validates_and_saves_the_averaged_weights() -> None:
     params = _params(ema_decay=0.5, steps_per_execution=2)
     model = compiled_model(params, steps_per_epoch=4)
     assert model.optimizer.use_ema and model.optimizer.ema_momentum == 0.5
-    (swap,) = training_callbacks(params)
+    _, swap = training_callbacks(params)
     assert isinstance(swap, keras.callbacks.SwapEMAWeights) and swap.swap_on_epoch
 
     images = np.random.default_rng(0).random((32, 784)).astype("float32")

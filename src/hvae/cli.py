@@ -7,14 +7,12 @@ TensorFlow is imported only by the stages that need it, so `hvae --help`, `hvae 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import importlib
-import signal
 import sys
 import time
 from pathlib import Path
 
-from hvae import __version__, logs
+from hvae import __version__, interrupts, logs
 from hvae.errors import ConfigError, HVAEError
 
 STAGES = {
@@ -40,16 +38,6 @@ TENSORFLOW_STAGES = ("train", "calibrate", "evaluate", "ood", "probe", "semisup"
 # `hvae serve` bounds: each worker holds a model (~0.8 GB here), and every body is read whole.
 MAX_WORKERS = 32
 MAX_BODY_MB = 1024
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised like Ctrl-C so that `with` blocks (an MLflow run) unwind."""
-
-
-def _on_sigterm(signum: int, frame: object) -> None:
-    # Once: a second SIGTERM must not break off the clean-up the first one started.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Terminated
 
 
 def _registry_options(cmd: argparse.ArgumentParser) -> None:
@@ -151,17 +139,15 @@ def main(argv: list[str] | None = None) -> int:
     # command's own line (users can still override the levels, see hvae.logs).
     logs.quiet()
     started = time.perf_counter()
-    previous = None
-    # Not from another thread (an embedding application), nor if our parent ignores SIGTERM.
-    if signal.getsignal(signal.SIGTERM) is not signal.SIG_IGN:
-        with contextlib.suppress(ValueError):
-            previous = signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        code = _run(args)
+        with interrupts.recorded():
+            code = _run(args)
+            # A signal that library code swallowed still ends the command as interrupted.
+            interrupts.raise_if_received()
     except HVAEError as exc:
         print(f"hvae {args.command}: error: {exc}", file=sys.stderr)
         return 1
-    except Terminated:
+    except interrupts.Terminated:
         print(f"hvae {args.command}: terminated", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
@@ -175,9 +161,6 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"hvae {args.command}: error: {damaged}", file=sys.stderr)
         return 1
-    finally:
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
     if args.command in STAGES:
         print(f"hvae {args.command}: done in {time.perf_counter() - started:.1f} s")
     return code or 0

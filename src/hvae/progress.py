@@ -11,6 +11,8 @@ import sys
 import time
 from typing import TextIO
 
+from hvae import interrupts
+
 
 class Progress:
     """`label`: what is being done; `total`: items (images, image-layers) in all, or an upper
@@ -26,6 +28,7 @@ class Progress:
         self._started = time.perf_counter()
 
     def advance(self, n: int) -> None:
+        interrupts.raise_if_received()  # one the scoring loop's library calls swallowed
         self.done = min(self.done + int(n), self.total)
         if self.tty:
             self._bar()

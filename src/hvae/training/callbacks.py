@@ -11,7 +11,7 @@ import pandas as pd
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
-from hvae import atomic
+from hvae import atomic, interrupts
 from hvae.errors import TrainingError
 from hvae.evaluation import bounds
 
@@ -101,6 +101,20 @@ class Checkpoint(keras.callbacks.Callback):
         value = (logs or {}).get(self.monitor)
         if value is not None and math.isfinite(value) and value > self.best_value:
             self.save_best(value, epoch + 1)
+
+
+class RaiseIfInterrupted(keras.callbacks.Callback):
+    """Ctrl-C or SIGTERM that TensorFlow or Keras swallowed mid-step (see hvae.interrupts)
+    stops fit() at the next batch instead of letting it run every epoch."""
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        interrupts.raise_if_received()
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        interrupts.raise_if_received()
+
+    def on_test_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        interrupts.raise_if_received()
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):

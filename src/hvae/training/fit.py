@@ -12,6 +12,7 @@ import tensorflow as tf
 from hvae.config import Params
 from hvae.model import HierarchicalVAE
 from hvae.training import precision
+from hvae.training.callbacks import RaiseIfInterrupted
 from hvae.training.optimizer import FusedAdam
 
 
@@ -57,7 +58,8 @@ def compiled_model(
 
 def training_callbacks(params: Params) -> list[keras.callbacks.Callback]:
     """Callbacks that must run before any that read or save the weights."""
+    callbacks: list[keras.callbacks.Callback] = [RaiseIfInterrupted()]
     if params.train.ema_decay > 0:
         # Validation, checkpoints and the saved model then all use the averaged weights.
-        return [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)]
-    return []
+        callbacks.append(keras.callbacks.SwapEMAWeights(swap_on_epoch=True))
+    return callbacks
