@@ -2,8 +2,8 @@
 
 Each test starts its own `mlflow server` (SQLite backend store, artifacts served by the server
 from a local folder) on a free loopback port, points `MLFLOW_TRACKING_URI` at it and runs the
-tiny pipeline in a fresh repo: once with `dvc exp run`, once as three queued experiments run two
-at a time. Everything is checked through the server. A third test trains with two workers
+tiny pipeline in a fresh repo: once with `dvc exp run`, once as two queued experiments run at
+once. Everything is checked through the server. A third test trains with two workers
 (MultiWorkerMirroredStrategy) on loopback ports. Needs HVAE_DATA_DIR like the other e2e tests.
 """
 
@@ -209,7 +209,9 @@ def _run_queue(repo: Path, env: dict[str, str], names: list[str], log: Path) -> 
 
 def test_queued_experiments_run_in_parallel_against_the_server(tmp_path: Path) -> None:
     dvc = str(BIN / "dvc")
-    seeds = (1, 2, 3)
+    # Two, as many as --jobs: concurrency against the server is what is tested, and a third
+    # task only waited for a free worker (808 s of CI for three, close to the 900 s deadline).
+    seeds = (1, 2)
     names = [f"seed-{seed}" for seed in seeds]
     with _tracking_server(tmp_path / "server") as url:
         repo, env = _new_repo(tmp_path / "repo")
@@ -243,21 +245,21 @@ def test_queued_experiments_run_in_parallel_against_the_server(tmp_path: Path) -
         client = _client(url)
         experiment = client.get_experiment_by_name("hvae-mnist")
         runs = client.search_runs([experiment.experiment_id])
-        assert len(runs) == 3
+        assert len(runs) == len(seeds)
         assert {r.info.status for r in runs} == {"FINISHED"}
         # Each run came from its queued task (DVC_EXP_NAME reached the worker) with its seed.
         assert {r.data.tags.get("dvc_exp_name") for r in runs} == set(names)
         assert {r.data.params["seed"] for r in runs} == {str(s) for s in seeds}
         versions = client.search_model_versions("name = 'hvae-mnist'")
-        assert len(versions) == 3
+        assert len(versions) == len(seeds)
         assert {v.run_id for v in versions} == {r.info.run_id for r in runs}
-        # Two ran at once: some pair of runs overlaps in time.
+        # They ran at once: some pair of runs overlaps in time.
         spans = sorted((r.info.start_time, r.info.end_time) for r in runs)
         assert any(a[1] > b[0] for a, b in itertools.pairwise(spans)), spans
         server_log = (tmp_path / "server/server.log").read_text()
         assert "database is locked" not in server_log
         _assert_nothing_local(repo)
-        print(f"3 queued tiny experiments, 2 at a time: {elapsed:.0f} s")
+        print(f"{len(seeds)} queued tiny experiments, 2 at a time: {elapsed:.0f} s")
 
 
 def test_two_workers_train_in_step_and_only_the_chief_logs(tmp_path: Path) -> None:
