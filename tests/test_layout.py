@@ -16,7 +16,7 @@ ALLOWED = {
     "model": set(),
     "evaluation": {"model"},
     "data": {"errors"},
-    "training": {"model", "evaluation", "config", "errors", "atomic"},
+    "training": {"model", "evaluation", "config", "errors", "atomic", "interrupts"},
     "serving": {"model", "evaluation", "artifacts", "errors"},
     "tracking": {"errors", "atomic", "paths", "artifacts", "config", "serving", "reporting"},
     "reporting": {"serving", "evaluation"},
@@ -26,7 +26,8 @@ ALLOWED = {
     "errors": set(),
     "paths": set(),
     "logs": set(),
-    "progress": set(),
+    "progress": {"interrupts"},
+    "interrupts": set(),
 }
 # Third-party and standard modules that mean I/O, tracking or plotting: not in the maths.
 NO_IO = {"mlflow", "pandas", "matplotlib", "h5py", "json", "os", "pathlib", "shutil", "yaml"}
