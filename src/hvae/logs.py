@@ -6,9 +6,10 @@ CPU machine):
 - TensorFlow's C++ notices: TF_CPP_MIN_LOG_LEVEL=2 drops INFO and WARNING lines (oneDNN,
   CPU instructions), but not the lines its bundled Abseil writes before anything initialises
   logging ("All log messages before absl::InitializeLog() ...", "Could not find cuda drivers
-  on your machine", then "failed call to cuInit"), twice at import and once at the first
-  device query. Those are dropped by `import_tensorflow`, which does both with file
-  descriptor 2 redirected; every other line it caught is written out afterwards.
+  on your machine", then "failed call to cuInit"; on AVX-512 CPUs "oneDNN custom operations
+  are on"), twice at import and once at the first device query. Those are dropped by
+  `import_tensorflow`, which does both with file descriptor 2 redirected; every other line
+  it caught is written out afterwards.
 - MLflow's INFO lines ("Creating initial MLflow database tables...", "Updating database
   tables", system-metrics monitoring): MLFLOW_LOGGING_LEVEL=WARNING keeps its warnings.
 
@@ -40,6 +41,9 @@ _ABSL_PREINIT = re.compile(
 _NO_DRIVER = re.compile(r"\] Could not find cuda drivers on your machine, GPU will not be used\.$")
 # Without a driver this failure is the expected consequence; with one it is news: kept.
 _CUINIT = re.compile(r"\] failed call to cuInit: ")
+# On CPUs with AVX-512 (seen on an AMD EPYC with AVX-512 BF16) this INFO line comes before
+# logging is initialised too, so TF_CPP_MIN_LOG_LEVEL=2 does not hide it.
+_ONEDNN = re.compile(r"\] oneDNN custom operations are on\. ")
 # GPU builds of TensorFlow on a machine without CUDA register these plugins twice.
 _DOUBLE_REGISTRATION = re.compile(
     r"\] (Unable to register cu(DNN|FFT|BLAS) factory: Attempting to register factory for "
@@ -72,7 +76,8 @@ def _filtering() -> bool:
 def drop_noise(lines: list[str]) -> list[str]:
     """The lines that are not TensorFlow's known harmless start-up notices."""
     no_driver = any(_NO_DRIVER.search(line) for line in lines)
-    noise = [_ABSL_PREINIT, _NO_DRIVER, _DOUBLE_REGISTRATION] + ([_CUINIT] if no_driver else [])
+    noise = [_ABSL_PREINIT, _NO_DRIVER, _ONEDNN, _DOUBLE_REGISTRATION]
+    noise += [_CUINIT] if no_driver else []
     return [line for line in lines if not any(p.search(line.rstrip("\n")) for p in noise)]
 
 
