@@ -1,9 +1,11 @@
 """Semi-supervised classifiers on a trained model's posterior means, compared on one machine.
 
-    python -m bench.semisup_methods [--params params.yaml] [--draws 5] [--features all pixels]
+    python -m bench.semisup_methods [--params params.yaml] [--draws 5]
+        [--features posterior_means encoder pixels]
 
 Run from a project whose `models/` and `data/prepared/` hold a trained model. For each feature
-set (every layer's posterior means; the raw pixels as the baseline) it builds the k-nearest-
+set (every layer's posterior means; the encoder's deepest feature d_L; the raw pixels as the
+baseline) it builds the k-nearest-
 neighbour graph of the 50 000 training images once, then for k in (10, 20) and 100 and 1 000
 balanced labels prints the error of label spreading after 20, 50, 100 and 200 steps on the
 validation split (for choosing) and the test set, and of a linear probe on the same labels.
@@ -25,7 +27,7 @@ from hvae.config import load_params
 from hvae.data import prepared
 from hvae.evaluation import label_spreading as ls
 from hvae.evaluation.linear_probe import balanced_subset, fit_softmax
-from hvae.evaluation.representations import all_layer_means
+from hvae.evaluation.representations import image_features
 
 STEPS = (20, 50, 100, 200)
 
@@ -35,7 +37,10 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--draws", type=int, default=5)
     parser.add_argument(
-        "--features", nargs="+", choices=["all", "pixels"], default=["all", "pixels"]
+        "--features",
+        nargs="+",
+        choices=[*ls.FEATURES, "pixels"],
+        default=[*ls.FEATURES, "pixels"],
     )
     args = parser.parse_args()
     params = load_params(args.params)
@@ -48,8 +53,9 @@ def main() -> None:
     images["train"] = prepared.binarize_once(images["train"], params.prepare.seed + 3)
     labels = {s: split.labels for s, split in splits.items()}
     features = {}
-    if "all" in args.features:
-        features["all layers"] = {s: all_layer_means(model, x, 500) for s, x in images.items()}
+    for kind in ls.FEATURES:
+        if kind in args.features:
+            features[kind] = {s: image_features(model, x, kind, 500) for s, x in images.items()}
     if "pixels" in args.features:
         features["pixels"] = {
             s: x.reshape(len(x), -1).astype(np.float32) for s, x in images.items()

@@ -92,6 +92,10 @@ def test_evaluate_reports_every_budget_and_keeps_the_served_draw() -> None:
     assert results.metrics["semisup_error_n10"] == 0.0  # separable clusters
     assert results.predicted.tolist() == test_labels.tolist()
     assert results.served.probabilities.shape == (400, ls.CLASSES)
+    assert results.served.features == "posterior_means"  # unless told what the arrays are
+    told = ls.evaluate((points, labels), (test, test_labels), [10], 1, 5, 0.99, 2, 10, 7,
+                       features="encoder")  # fmt: skip
+    assert told.served.features == "encoder"
     with pytest.raises(ValueError, match="serve = 20: not one of the budgets"):
         ls.evaluate((points, labels), (test, test_labels), [10], 1, 5, 0.99, 2, 20, 7)
 

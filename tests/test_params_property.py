@@ -132,6 +132,7 @@ PROBES: dict[str, Probes] = {
         ([0], [-10], [15], [100, 15], [100], [50_000], [HUGE], [1000, "x"]),  # [100]: no 1000
         ([1000], [10, 1000], [100, 1000, 49_990]),
     ),
+    "semisup.features": Probes("choice", ("pixels", "Encoder"), ("encoder", "posterior_means")),
     "semisup.draws": _up_to(20),
     # More than the training images left means all of them.
     "semisup.graph_images": _int((-1, 0, 19, 1000), (1001, 50_000, HUGE)),

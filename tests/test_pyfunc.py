@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -15,7 +16,7 @@ from mlflow.exceptions import MlflowException
 
 from hvae import artifacts
 from hvae.errors import DataError
-from hvae.evaluation import anomaly, detector, label_spreading
+from hvae.evaluation import anomaly, detector, label_spreading, representations
 from hvae.model import build_model
 from hvae.serving import pyfunc
 from hvae.serving.pyfunc import HVAEScorer, _load_pyfunc
@@ -33,22 +34,25 @@ def scorer(tmp_path_factory: pytest.TempPathFactory) -> HVAEScorer:
     return _load_pyfunc(str(folder))
 
 
-@pytest.fixture(scope="module")
-def classifying(tmp_path_factory: pytest.TempPathFactory, scorer: HVAEScorer) -> HVAEScorer:
-    """The same model with a classifier spread from labels on its own posterior means."""
+@pytest.fixture(scope="module", params=label_spreading.FEATURES)
+def classifying(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, scorer: HVAEScorer
+) -> HVAEScorer:
+    """The same model with a classifier spread from labels on its own features (each kind
+    semisup.features can name)."""
     folder: Path = tmp_path_factory.mktemp("classifying")
     scorer.model.save_weights(folder / artifacts.WEIGHTS)
     artifacts.save_config(scorer.model, folder)
     images = (np.random.default_rng(2).random((200, 784)) < 0.3).astype(np.float32)
-    means = np.concatenate([m.numpy() for m in scorer.model.posterior_means(images)], axis=1)
-    mean, scale = label_spreading.standardizer(means)
-    points = (means - mean) / scale
+    features = representations.image_features(scorer.model, images, request.param, 64)
+    mean, scale = label_spreading.standardizer(features)
+    points = (features - mean) / scale
     graph = label_spreading.Graph.build(*label_spreading.nearest(points, points, 5, True))
     labels = np.arange(200) % 10
     classifier = label_spreading.fit(
         graph, points, mean, scale, np.arange(20), labels[:20], 0.9, 10
     )
-    artifacts.save_classifier(classifier, folder)
+    artifacts.save_classifier(dataclasses.replace(classifier, features=request.param), folder)
     return _load_pyfunc(str(folder))
 
 
@@ -63,8 +67,12 @@ def test_a_model_with_a_classifier_answers_its_class(
         scores[["elbo", "iw_log_likelihood"]], plain[["elbo", "iw_log_likelihood"]]
     )
     binary = (frame.to_numpy() > 127.5).astype(np.float32)
-    means = np.concatenate([m.numpy() for m in scorer.model.posterior_means(binary)], axis=1)
-    expected = classifying.classifier.predict_proba(means)
+    # The features the classifier was fitted on, as semisup computes them.
+    kind = classifying.classifier.features
+    features = representations.image_features(scorer.model, binary, kind, 7)
+    width = {"encoder": 16, "posterior_means": 7}[kind]  # hidden_dim; sum of latent_dims
+    assert features.shape == (30, width)
+    expected = classifying.classifier.predict_proba(features)
     assert scores["class"].tolist() == expected.argmax(axis=1).tolist()
     assert scores["class_probability"].to_numpy() == pytest.approx(expected.max(axis=1), rel=1e-5)
     assert ((scores["class_probability"] >= 0.1 - 1e-6) & (scores["class_probability"] <= 1)).all()
@@ -127,6 +135,27 @@ def test_a_damaged_classifier_is_one_line(tmp_path: Path) -> None:
     with pytest.raises(DataError, match=r"classifier.npz: cannot load the classifier"):
         artifacts.load_classifier(tmp_path)
     assert artifacts.load_classifier(tmp_path / "elsewhere") is None
+
+
+def test_a_classifier_names_its_features_and_an_older_one_reads_posterior_means(
+    tmp_path: Path,
+) -> None:
+    points = np.random.default_rng(0).random((30, 3)).astype(np.float32)
+    mean, scale = label_spreading.standardizer(points)
+    graph = label_spreading.Graph.build(*label_spreading.nearest(points, points, 3, True))
+    fitted = label_spreading.fit(graph, points, mean, scale, np.arange(10), np.arange(10), 0.9, 5)
+    encoder = dataclasses.replace(fitted, features="encoder")
+    artifacts.save_classifier(encoder, tmp_path)
+    assert artifacts.load_classifier(tmp_path).features == "encoder"
+    # Classifiers saved before semisup.features existed have no such array.
+    arrays = {k: v for k, v in encoder.to_arrays().items() if k != "features"}
+    np.savez(tmp_path / artifacts.CLASSIFIER, **arrays)
+    assert artifacts.load_classifier(tmp_path).features == "posterior_means"
+    np.savez(tmp_path / artifacts.CLASSIFIER, **arrays, features=np.array("pixels"))
+    with pytest.raises(
+        DataError, match=r"cannot load the classifier \(features 'pixels': expected one of "
+    ):
+        artifacts.load_classifier(tmp_path)
 
 
 def _frame(n: int, seed: int = 1) -> pd.DataFrame:

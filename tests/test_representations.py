@@ -29,6 +29,20 @@ def test_posterior_means_per_layer_in_batches(tiny) -> None:
         np.testing.assert_allclose(a, b, atol=1e-5)
 
 
+def test_classifier_features_of_each_kind_in_batches(tiny) -> None:
+    flat = tiny.images.reshape(40, -1).astype(np.float32)
+    counted: list[int] = []
+    encoder = representations.image_features(tiny.model, tiny.images, "encoder", 16, counted.append)
+    assert counted == [16, 16, 8]
+    np.testing.assert_allclose(encoder, tiny.model.encode(flat)[-1].numpy(), atol=1e-5)
+    assert encoder.shape == (40, 16)  # hidden_dim
+    means = representations.image_features(tiny.model, tiny.images, "posterior_means", 16)
+    by_layer = representations.posterior_means(tiny.model, tiny.images, batch_size=40)
+    np.testing.assert_allclose(means, np.concatenate(by_layer, axis=1), atol=1e-5)
+    with pytest.raises(ValueError, match="features 'pixels': expected one of encoder, "):
+        representations.image_features(tiny.model, tiny.images, "pixels", 16)
+
+
 def _class_images(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Class c lights up row block c: linearly separable in pixel space."""
     images = (rng.random((len(labels), 28, 28)) < 0.05).astype(np.uint8)

@@ -146,9 +146,12 @@ class EvaluateParams(_Section):
 
 
 class SemisupParams(_Section):
-    # Label spreading on every layer's posterior means (hvae.evaluation.label_spreading):
+    # Label spreading on features of the trained model (hvae.evaluation.label_spreading):
     # `labels` balanced labelled training images per budget, each drawn `draws` times; the
     # other images of the graph are the unlabelled data.
+    # The features (hvae.evaluation.label_spreading.FEATURES): the encoder's deepest feature
+    # d_L, or every layer's posterior means.
+    features: Literal["encoder", "posterior_means"]
     labels: list[int] = Field(
         min_length=1, description="a non-empty list of multiples of 10 (the classes)"
     )

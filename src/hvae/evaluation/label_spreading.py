@@ -1,7 +1,8 @@
-"""Semi-supervised classification: label spreading on the hierarchy's posterior means.
+"""Semi-supervised classification: label spreading on features of the trained model.
 
 Zhou et al. (2004), "Learning with local and global consistency", on a k-nearest-neighbour
-graph of the training images' posterior means (every layer, standardized). Labels flow from
+graph of the training images' features (standardized; which features is semisup.features,
+FEATURES below). Labels flow from
 the few labelled images to the unlabelled ones along the graph, F <- alpha S F + (1 - alpha) Y
 with S = D^-1/2 (W + W^T) D^-1/2. A new image takes the Gaussian-weighted vote of its k
 nearest training images' spread labels, so the classifier is inductive: it is stored with the
@@ -12,6 +13,7 @@ Pure NumPy; the exact neighbour search is chunked so memory stays bounded.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -20,6 +22,12 @@ import numpy as np
 from hvae.evaluation.linear_probe import balanced_subset
 
 CLASSES = 10
+# What a classifier can read of an image (semisup.features; computed by
+# hvae.evaluation.representations.feature_fn):
+# - encoder: the bottom-up encoder's deepest feature d_L (hidden_dim units), from which
+#   q(z_L | x) is read; it keeps what the KL terms squeeze out of the posterior means.
+# - posterior_means: every layer's E_q[z_l] side by side (sum of latent_dims units).
+FEATURES = ("encoder", "posterior_means")
 # Query rows per chunk of the exact neighbour search: a (2000, n) float32 distance block,
 # 400 MB at n = 50 000.
 SEARCH_CHUNK = 2000
@@ -122,7 +130,8 @@ def _normalize(scores: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class SpreadClassifier:
     """The inductive classifier: the training images' standardized features, their spread
-    class probabilities, and the graph's k and width."""
+    class probabilities, the graph's k and width, and which features of an image it reads
+    (FEATURES below)."""
 
     mean: np.ndarray
     scale: np.ndarray
@@ -130,6 +139,11 @@ class SpreadClassifier:
     probabilities: np.ndarray  # (n, CLASSES)
     k: int
     width: float
+    features: str = "posterior_means"
+
+    def __post_init__(self) -> None:
+        if self.features not in FEATURES:
+            raise ValueError(f"features {self.features!r}: expected one of {', '.join(FEATURES)}")
 
     def predict_proba(self, features: np.ndarray) -> np.ndarray:
         """(m, CLASSES): the weighted vote of each row's k nearest training images."""
@@ -154,6 +168,7 @@ class SpreadClassifier:
             "probabilities": self.probabilities.astype(np.float32),
             "k": np.int64(self.k),
             "width": np.float64(self.width),
+            "features": np.array(self.features),
         }
 
     @classmethod
@@ -165,6 +180,8 @@ class SpreadClassifier:
             probabilities=np.asarray(arrays["probabilities"], np.float32),
             k=int(arrays["k"]),
             width=float(arrays["width"]),
+            # Classifiers saved before the choice existed read the posterior means.
+            features=str(arrays["features"]) if "features" in arrays else "posterior_means",
         )
 
 
@@ -218,17 +235,19 @@ def evaluate(
     serve: int,
     seed: int,
     advance: Callable[[int], None] | None = None,
+    features: str = "posterior_means",
 ) -> Results:
     """Test error of label spreading from `budget` balanced labels among the `train` features
     (all other training images unlabelled), `draws` times per budget; mean and std.
 
-    `advance` hears of each training image (graph) and test image (vote) searched.
+    `advance` hears of each training image (graph) and test image (vote) searched;
+    `features` names what the feature arrays are, for the served classifier.
     """
     if serve not in budgets:
         raise ValueError(f"serve = {serve}: not one of the budgets {budgets}")
-    features, labels = train
-    mean, scale = standardizer(features)
-    points = _standardized(features, mean, scale)
+    train_features, labels = train
+    mean, scale = standardizer(train_features)
+    points = _standardized(train_features, mean, scale)
     graph = Graph.build(*nearest(points, points, neighbours, exclude_self=True, advance=advance))
     # Each test image's neighbours once: the draws differ only in the spread labels.
     test_nearest = nearest(_standardized(test[0], mean, scale), points, neighbours, advance=advance)
@@ -244,7 +263,7 @@ def evaluate(
             if r == 0 and budget == min(budgets):
                 predicted = guess
             if r == 0 and budget == serve:
-                served = model
+                served = dataclasses.replace(model, features=features)
         metrics[f"semisup_error_n{budget}"] = float(np.mean(errors))
         metrics[f"semisup_error_n{budget}_std"] = float(np.std(errors))
     metrics["semisup_draws"] = draws

@@ -5,12 +5,13 @@ No I/O: render and evaluate call these and write the results.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from hvae.evaluation.bounds import Advance
+from hvae.evaluation.label_spreading import FEATURES
 from hvae.evaluation.linear_probe import balanced_subset, fit_softmax
 from hvae.model import HierarchicalVAE
 
@@ -29,11 +30,32 @@ def posterior_means(
     return [np.concatenate([c[layer].numpy() for c in chunks]) for layer in range(model.n_layers)]
 
 
-def all_layer_means(
-    model: HierarchicalVAE, images: np.ndarray, batch_size: int, advance: Advance = None
+def feature_fn(model: HierarchicalVAE, kind: str) -> Callable[[tf.Tensor], tf.Tensor]:
+    """(batch, pixels) binary images -> (batch, dim) features `kind` (one of
+    label_spreading.FEATURES)."""
+    if kind == "encoder":
+        return lambda x: model.encode(x)[-1]
+    if kind == "posterior_means":
+        return lambda x: tf.concat(model.posterior_means(x), axis=1)
+    raise ValueError(f"features {kind!r}: expected one of {', '.join(FEATURES)}")
+
+
+def image_features(
+    model: HierarchicalVAE,
+    images: np.ndarray,
+    kind: str,
+    batch_size: int,
+    advance: Advance = None,
 ) -> np.ndarray:
-    """(N, sum of latent_dims): every layer's posterior means side by side."""
-    return np.concatenate(posterior_means(model, images, batch_size, advance), axis=1)
+    """(N, dim) features `kind` of every image, `batch_size` at a time."""
+    flat = images.reshape(len(images), -1).astype(np.float32)
+    compiled = tf.function(feature_fn(model, kind), reduce_retracing=True)
+    chunks = []
+    for i in range(0, len(flat), batch_size):
+        chunks.append(compiled(tf.constant(flat[i : i + batch_size])).numpy())
+        if advance is not None:
+            advance(min(batch_size, len(flat) - i))
+    return np.concatenate(chunks)
 
 
 def probe_accuracies(

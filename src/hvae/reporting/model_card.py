@@ -89,7 +89,7 @@ def render(
         _results(metrics, n),
         _ood(metrics, lineage.dataset, lineage.ood_dataset, served),
         _probes(metrics, n),
-        _semisup(metrics),
+        _semisup(metrics, key_params.get("semisup.features")),
         _published(metrics, lineage.dataset),
         "## Load and serve",
         "",
@@ -213,7 +213,14 @@ def _probes(metrics: Mapping[str, float], n: int) -> str:
     return "\n".join(rows) + "\n"
 
 
-def _semisup(metrics: Mapping[str, float]) -> str:
+# What semisup.features names, as the card says it.
+_FEATURES = {
+    "encoder": "the encoder's deepest feature d_L",
+    "posterior_means": "every layer's posterior means",
+}
+
+
+def _semisup(metrics: Mapping[str, float], features: object = None) -> str:
     budgets = sorted(
         int(m.group(1)) for k in metrics if (m := re.fullmatch(r"semisup_error_n(\d+)", k))
     )
@@ -223,7 +230,7 @@ def _semisup(metrics: Mapping[str, float]) -> str:
     rows = [
         "## Semi-supervised classification (test error)",
         "",
-        "Label spreading on every layer's posterior means over "
+        f"Label spreading on {_FEATURES.get(str(features), 'the model features')} over "
         f"{int(metrics.get('semisup_graph_images', 0)):,} training images, the others "
         f"unlabelled; mean ± std over {draws} draws of balanced labels. `predict` answers "
         "with this classifier.",

@@ -19,7 +19,8 @@ A request is bounded and its scores are a pure function of (row, iw_samples, wei
   and the scorer holds no mutable state (the model's own sampler is not used).
 
 With semisup's classifier in the model (hvae.evaluation.label_spreading), each row also
-gets `class` (0-9) and `class_probability`, from its posterior means; a version logged
+gets `class` (0-9) and `class_probability`, from the features the classifier was fitted on
+(its encoder feature or its posterior means, semisup.features); a version logged
 without one answers class -1 and probability NaN, and its metadata says `classifier: none`.
 
 With calibrate's detector in the model (hvae.evaluation.detector), each row also gets
@@ -143,6 +144,7 @@ class HVAEScorer:
         import tensorflow as tf
 
         from hvae.artifacts import load_classifier, load_detector, load_model
+        from hvae.evaluation.representations import feature_fn
 
         self.model = load_model(Path(model_dir))
         self.classifier = load_classifier(Path(model_dir))
@@ -152,9 +154,11 @@ class HVAEScorer:
             0 if self.detector is None else self.detector.samples * len(self.detector.layers)
         )
         self._dims = list(self.model.latent_dims)
-        self._means = tf.function(
-            lambda x: tf.concat(self.model.posterior_means(x), axis=1), reduce_retracing=True
-        )
+        if self.classifier is not None:
+            # The features semisup fitted the classifier on (hvae.evaluation.representations).
+            self._features = tf.function(
+                feature_fn(self.model, self.classifier.features), reduce_retracing=True
+            )
 
         def elbo(x: tf.Tensor, eps: list[tf.Tensor]) -> tf.Tensor:
             recon, kls = self.model.elbo_terms(x, eps=eps)
@@ -209,8 +213,8 @@ class HVAEScorer:
     def _classify(self, x: np.ndarray, rows: int) -> tuple[np.ndarray, np.ndarray]:
         """The classifier's most probable class and its probability for the first `rows`
         rows of a padded batch."""
-        means = self._means(x).numpy()[:rows]
-        probabilities = self.classifier.predict_proba(means)
+        features = self._features(x).numpy()[:rows]
+        probabilities = self.classifier.predict_proba(features)
         return probabilities.argmax(axis=1), probabilities.max(axis=1).astype(np.float32)
 
     def _noise(self, binary: np.ndarray, draws: int, stream: bytes) -> list[np.ndarray]:

@@ -1,8 +1,9 @@
 """semisup: classify from a few labels and the unlabelled training images, through the hierarchy.
 
-Label spreading (hvae.evaluation.label_spreading) on every layer's posterior means: a
-neighbour graph of `semisup.graph_images` training images, `semisup.labels` of them labelled
-(balanced, `semisup.draws` draws per budget), scored on the test set. Writes
+Label spreading (hvae.evaluation.label_spreading) on the model's `semisup.features` (the
+encoder's deepest feature, or every layer's posterior means): a neighbour graph of
+`semisup.graph_images` training images, `semisup.labels` of them labelled (balanced,
+`semisup.draws` draws per budget), scored on the test set. Writes
 reports/semisup.json, reports/semisup_confusion.csv (a `dvc plots` confusion matrix of the
 first draw of the smallest budget) and models/classifier.npz, the classifier that evaluate
 packs into the registered model (the first draw of `semisup.serve_labels`).
@@ -41,11 +42,11 @@ def run(params: Params, root: Path) -> None:
     # Binarized once, like the test set (as the probes do), so both come from one distribution.
     images = prepared.binarize_once(train.images[subset], params.prepare.seed + 3)
     encoding = Progress("semisup: encoding images", len(subset) + len(test))
-    features = representations.all_layer_means(
-        model, images, params.evaluate.batch_size, encoding.advance
-    )
-    test_features = representations.all_layer_means(
-        model, test.images, params.evaluate.batch_size, encoding.advance
+    features, test_features = (
+        representations.image_features(
+            model, x, s.features, params.evaluate.batch_size, encoding.advance
+        )
+        for x in (images, test.images)
     )
     encoding.finish()
     search = Progress("semisup: neighbour search", len(subset) + len(test))
@@ -60,6 +61,7 @@ def run(params: Params, root: Path) -> None:
         s.serve_labels,
         params.seed,
         advance=search.advance,
+        features=s.features,
     )
     search.finish()
 

@@ -28,6 +28,11 @@ from hvae.serving.pyfunc import DEFAULT_IW_SAMPLES, LIMITS, HVAEScorer
 
 # What `hvae.serving.pyfunc` imports to rebuild and run the model, and mlflow to load it.
 SERVING_PACKAGES = ("mlflow", "tensorflow", "keras", "h5py", "numpy", "pandas")
+# How the logged model's metadata names what its classifier reads (semisup.features).
+_FEATURE_NAMES = {
+    "encoder": "encoder's deepest feature",
+    "posterior_means": "posterior means",
+}
 
 
 @dataclass(frozen=True)
@@ -96,7 +101,7 @@ def log_model(name: str, run_id: str, model_dir: Path, example: np.ndarray) -> L
         data.mkdir(parents=True)
         for file in (artifacts.WEIGHTS, artifacts.CONFIG):
             shutil.copy2(model_dir / file, data / file)
-        classifier = model_dir / artifacts.CLASSIFIER
+        classifier = artifacts.load_classifier(model_dir)
         detector = artifacts.load_detector(model_dir)
         for extra in (artifacts.CLASSIFIER, artifacts.DETECTOR):
             if (model_dir / extra).exists():
@@ -112,8 +117,9 @@ def log_model(name: str, run_id: str, model_dir: Path, example: np.ndarray) -> L
             metadata={
                 "serving_limits": LIMITS,
                 # What answers predict's class column (hvae.serving.pyfunc).
-                "classifier": "label spreading on the posterior means (semisup)"
-                if classifier.exists()
+                "classifier": f"label spreading on the {_FEATURE_NAMES[classifier.features]} "
+                "(semisup)"
+                if classifier is not None
                 else "none",
                 # What answers predict's ood_score and is_ood columns.
                 "ood_detector": {k: v for k, v in detector.to_dict().items() if k != "typicality"}
