@@ -119,6 +119,7 @@ PROBES: dict[str, Probes] = {
     "evaluate.chunk_size": _int((-1, 0, 2501, 100_001, HUGE), (1, 2500)),
     "evaluate.active_unit_threshold": _float((-1, 0), (1e-9, HUGE)),
     "evaluate.llr_samples": _up_to(100_000),
+    "evaluate.recon_draws": _up_to(100_000),
     # Multiples of the 10 classes, at most the 50000 training images.
     "evaluate.probe_labels": Probes(
         "int list",
@@ -140,11 +141,11 @@ PROBES: dict[str, Probes] = {
     "semisup.alpha": _float((-1, 0, 0.0, 1, 1.0, HUGE), (1e-9, 0.5, 0.99)),
     "semisup.iterations": _up_to(1000),
     "semisup.serve_labels": _int((-1, 0, 10, 1001, HUGE), (100, 1000)),
-    # The repo's model has 4 layers: LLR>1 to LLR>3.
+    # The repo's model has 4 layers: LLR>1 to LLR>3, recon>1 to recon>3.
     "calibrate.score": Probes(
         "str",
-        ("x", "llr_k0", "llr_k4", "llr_k", "LLR_k1", "auto ", "llr_k01"),
-        ("auto", "likelihood", "typicality", "llr_k1", "llr_k3"),
+        ("x", "llr_k0", "llr_k4", "llr_k", "LLR_k1", "auto ", "llr_k01", "recon_k4", "recon_k0"),
+        ("auto", "likelihood", "typicality", "typicality_recon", "llr_k1", "llr_k3", "recon_k2"),
     ),
     "calibrate.fit_images": _int((-1, 0, 9, 60_001, HUGE), (10, 60_000)),
     # <= prepare.validation_size and prepare.ood_validation_size (10 000 each).

@@ -36,6 +36,7 @@ TINY = [
     "evaluate.iw_samples=10",
     "evaluate.chunk_size=10",
     "evaluate.llr_samples=4",
+    "evaluate.recon_draws=2",
     "evaluate.probe_repeats=1",
     "model.hidden_dim=32",
     # Three layers, whatever the default's depth: the checks below name z1..z3, LLR>1, LLR>2.
@@ -169,11 +170,18 @@ def test_metrics_are_consistent(pipeline_run) -> None:
     _check_ood_and_probes(repo)
 
 
+# Every OOD score of the 3-layer model: the likelihood, two ratios of each kind, two typicalities.
+SCORES = ("likelihood", "llr_k1", "llr_k2", "recon_k1", "recon_k2", "typicality")
+SCORES += ("typicality_recon",)
+# The score params.yaml serves (calibrate.score); TINY leaves it.
+SERVED = "typicality"
+
+
 def _check_ood_and_probes(repo: Path) -> None:
-    """OOD metrics and ROC curves for the likelihood and LLR>1, LLR>2; probes per layer."""
+    """OOD metrics and ROC curves for every score; probes per layer."""
     metrics = json.loads((repo / "reports/ood.json").read_text())
     assert math.isfinite(metrics["ood_test_nll"])
-    for score in ("likelihood", "llr_k1", "llr_k2", "typicality"):
+    for score in SCORES:
         assert 0.0 <= metrics[f"ood_{score}_auroc"] <= 1.0
         assert 0.0 < metrics[f"ood_{score}_auprc"] <= 1.0
         assert 0.0 <= metrics[f"ood_{score}_fpr80"] <= 1.0
@@ -181,17 +189,18 @@ def _check_ood_and_probes(repo: Path) -> None:
         assert rows[0] == "fpr,tpr" and rows[1] == "0.0,0.0" and rows[-1] == "1.0,1.0"
         assert len(rows) > 100
     assert "ood_llr_k3_auroc" not in metrics  # k = L would infer nothing from x
+    assert "ood_recon_k3_auroc" not in metrics
     # The served detector: chosen on validation data, reported on the test sets.
     served = json.loads((repo / "models/ood_detector.json").read_text())
     calibrate = json.loads((repo / "reports/calibrate.json").read_text())
-    scores = {"likelihood", "llr_k1", "llr_k2", "typicality"}
-    assert served["score"] == "typicality" and served["samples"] == 4  # params.yaml's
+    # params.yaml's score; TINY's samples and draws.
+    assert (served["score"], served["samples"], served["draws"]) == (SERVED, 4, 2)
     assert all(
-        0.0 <= calibrate[f"calibrate_{s}_{m}"] <= 1.0 for s in scores for m in ("auroc", "auprc")
+        0.0 <= calibrate[f"calibrate_{s}_{m}"] <= 1.0 for s in SCORES for m in ("auroc", "auprc")
     )
     assert calibrate["calibrate_chosen_threshold"] == served["threshold"]
     assert 0.95 <= calibrate["calibrate_chosen_tpr"] <= 0.96  # of 500 validation images
-    assert metrics["ood_served_auroc"] == metrics["ood_typicality_auroc"]
+    assert metrics["ood_served_auroc"] == metrics[f"ood_{SERVED}_auroc"]
     assert 0.85 < metrics["ood_served_tpr"] <= 1.0  # the threshold on 10 000 unseen images
     assert 0.0 <= metrics["ood_served_flagged"] <= 1.0
     metrics = json.loads((repo / "reports/probe.json").read_text())
@@ -272,6 +281,7 @@ def test_mlflow_run_and_registry(pipeline_run) -> None:
     # The packed OOD detector, as calibrate wrote it.
     served = json.loads((repo / "models/ood_detector.json").read_text())
     assert version.tags["ood_score"] == served["score"] and version.tags["ood_samples"] == "4"
+    assert version.tags["ood_draws"] == "2" and version.tags["ood_recon_draws"] == "2"
     assert float(version.tags["ood_threshold"]) == pytest.approx(served["threshold"], rel=1e-5)
     assert float(version.tags["ood_served_auroc"]) == pytest.approx(
         ood["ood_served_auroc"], abs=1e-4
@@ -300,7 +310,7 @@ def test_mlflow_run_and_registry(pipeline_run) -> None:
     artifacts = {a.path for a in client.list_artifacts(run_id, "figures")}
     assert {"figures/hierarchy.png", "figures/ood_roc.png", "figures/traversal_z3.png"} <= artifacts
     rocs = {a.path for a in client.list_artifacts(run_id, "ood_roc")}
-    assert rocs == {f"ood_roc/{s}.csv" for s in ("likelihood", "llr_k1", "llr_k2", "typicality")}
+    assert rocs == {f"ood_roc/{s}.csv" for s in SCORES}
 
 
 def test_figures_are_pngs(pipeline_run) -> None:
@@ -346,7 +356,7 @@ def test_an_ood_param_reruns_only_the_ood_stages(pipeline_run) -> None:
     (version,) = client.search_model_versions("name = 'hvae-mnist'")
     assert version.tags["ood_llr_samples"] == "5"
     # What the version's packed detector uses: calibrate's re-run does not re-tag it.
-    for key in ("ood_samples", "ood_score", "ood_threshold", "packed_digest"):
+    for key in ("ood_samples", "ood_draws", "ood_score", "ood_threshold", "packed_digest"):
         assert version.tags[key] == packed.tags[key], key
     assert version.tags["ood_samples"] == "4"
     assert version.description == (repo / "reports/model_card.md").read_text()

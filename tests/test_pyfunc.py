@@ -28,7 +28,10 @@ COLUMNS = ["elbo", "iw_log_likelihood", "class", "class_probability", "ood_score
 def scorer(tmp_path_factory: pytest.TempPathFactory) -> HVAEScorer:
     folder: Path = tmp_path_factory.mktemp("model")
     keras.utils.set_random_seed(0)
-    model = build_model({"latent_dims": [4, 3], "hidden_dim": 16})
+    # Pixels on with probability 0.1 a priori, as the detector's in-distribution images: an
+    # untrained model's reconstruction terms then tell those from denser images.
+    bias = [float(np.log(0.1 / 0.9))] * 784
+    model = build_model({"latent_dims": [4, 3], "hidden_dim": 16}, output_bias=bias)
     model.save_weights(folder / artifacts.WEIGHTS)
     artifacts.save_config(model, folder)
     return _load_pyfunc(str(folder))
@@ -80,17 +83,18 @@ def test_a_model_with_a_classifier_answers_its_class(
 
 @pytest.fixture(scope="module")
 def detecting(tmp_path_factory: pytest.TempPathFactory, scorer: HVAEScorer) -> HVAEScorer:
-    """The same model with a typicality detector calibrated on its own bounds: sparse images
-    in distribution, dense ones out."""
+    """The same model with a typicality_recon detector (every statistic: the bounds and the
+    reconstruction terms) calibrated on its own statistics: sparse images in distribution,
+    dense ones out."""
     folder: Path = tmp_path_factory.mktemp("detecting")
     scorer.model.save_weights(folder / artifacts.WEIGHTS)
     artifacts.save_config(scorer.model, folder)
     rng = np.random.default_rng(3)
     sparse = (rng.random((300, 784)) < 0.1).astype(np.float32)
     dense = (rng.random((100, 784)) < 0.5).astype(np.float32)
-    bounds = [anomaly.bound_matrix(scorer.model, x, 3, 100, 3) for x in (sparse, dense)]
+    stats = [anomaly.statistics(scorer.model, x, 3, 2, 100, 3) for x in (sparse, dense)]
     chosen, _ = detector.calibrate(
-        bounds[0][:200], bounds[0][200:], bounds[1], 3, 0.9, "typicality"
+        stats[0][:200], stats[0][200:], stats[1], 3, 2, 0.9, "typicality_recon"
     )
     artifacts.save_detector(chosen, folder)
     return _load_pyfunc(str(folder))
@@ -107,25 +111,33 @@ def test_a_model_with_a_detector_answers_its_ood_score(
     pd.testing.assert_frame_equal(
         scores[["elbo", "iw_log_likelihood"]], plain[["elbo", "iw_log_likelihood"]]
     )
-    # Each row's bounds at the detector's 3 samples, each from the row's own stream for it.
+    # Each row's statistics, each from the row's own stream for it: the 2 bounds at the
+    # detector's 3 samples, the 2 reconstruction terms at its 2 draws.
     model, served = detecting.model, detecting.detector
     edges = np.cumsum([0, *model.latent_dims])
     expected = []
     for row in pixels.astype(np.float32):
-        x, bounds = tf.constant(row[None]), []
-        for j in range(2):
-            noise = pyfunc.row_noise(row > 0.5, 3, sum(model.latent_dims), pyfunc.ood_stream(j))
+        x, stats = tf.constant(row[None]), []
+        for column in range(4):
+            draws = 3 if column < 2 else 2
+            noise = pyfunc.row_noise(
+                row > 0.5, draws, sum(model.latent_dims), pyfunc.ood_stream(column)
+            )
             eps = [tf.constant(noise[:, None, lo:hi]) for lo, hi in itertools.pairwise(edges)]
-            bounds.append(model.iw_log_likelihood(x, 3, 3, j, eps=eps).numpy()[0])
-        expected.append(served(np.array([bounds]))[0])
-    # float32 bounds of a 20-row batch against one row: the rounding differs, slightly.
+            if column < 2:
+                value = model.iw_log_likelihood(x, 3, 3, column, eps=eps)
+            else:
+                value = anomaly.reconstruction_term(model, x, 2, column - 2, eps=eps)
+            stats.append(value.numpy()[0])
+        expected.append(served(np.array([stats]))[0])
+    # float32 statistics of a 20-row batch against one row: the rounding differs, slightly.
     np.testing.assert_allclose(scores["ood_score"], expected, rtol=1e-4, atol=1e-3)
     assert scores["is_ood"].tolist() == (np.array(expected) > served.threshold).tolist()
     # Dense rows are far from the sparse images the detector was fitted on.
     assert scores["is_ood"][13:].mean() > scores["is_ood"][:13].mean()
-    # The detector's 3 samples x 2 bounds (L and L>1 of the 2 layers) count in the budget.
-    assert detecting.ood_cost == 6
-    rows = pyfunc.MAX_ROW_SAMPLES // (pyfunc.MAX_IW_SAMPLES + 6) + 1
+    # 3 samples x 2 bounds and 2 draws x 2 reconstruction terms count in the budget.
+    assert detecting.ood_cost == 10
+    rows = pyfunc.MAX_ROW_SAMPLES // (pyfunc.MAX_IW_SAMPLES + 10) + 1
     with pytest.raises(ValueError, match=r"^rows \* iw_samples \(\+ the OOD score\): expected "):
         detecting.predict(np.zeros((rows, 784), np.uint8), {"iw_samples": pyfunc.MAX_IW_SAMPLES})
 

@@ -101,6 +101,34 @@ def test_bound_matrix_holds_every_bound_the_hierarchy_allows(tiny) -> None:
     np.testing.assert_array_equal(anomaly.likelihood_score(np.array([-80.0])), [80.0])
 
 
+def test_reconstruction_terms_take_the_lower_layers_at_their_prior_means(tiny) -> None:
+    import tensorflow as tf
+
+    from hvae.model.distributions import bernoulli_log_prob
+
+    keras.utils.set_random_seed(5)
+    terms = anomaly.reconstruction_matrix(tiny.model, tiny.images, draws=4, batch_size=16)
+    assert terms.shape == (40, 3) and np.isfinite(terms).all()
+    assert not np.allclose(terms[:, 0], terms[:, 1]) and not np.allclose(terms[:, 1], terms[:, 2])
+    # R_2 of one image, by hand: z3 from q given noise, z2 and z1 the means of their priors.
+    x = tf.constant(tiny.images[:1].reshape(1, -1).astype(np.float32))
+    eps = [tf.random.normal((4, 1, d)) for d in (6, 4, 2)]
+    features = tiny.model.encode(tf.tile(x, [4, 1]))
+    s = tf.tile(tiny.model.initial_state[None], [4, 1])
+    top = tiny.model.top_down
+    mu, sigma = top[2].posterior(tf.concat([s, features[2]], -1))
+    s = top[2].advance(s, mu + sigma * eps[2][:, 0])
+    for i in (1, 0):
+        s = top[i].advance(s, top[i].prior_params(s)[0])
+    logits = tiny.model.to_logits(keras.activations.get(tiny.model.activation)(s))
+    by_hand = tf.reduce_mean(bernoulli_log_prob(tf.tile(x, [4, 1]), logits)).numpy()
+    term = anomaly.reconstruction_term(tiny.model, x, 4, 2, eps=eps).numpy()
+    np.testing.assert_allclose(term, [by_hand], rtol=1e-5)
+    # statistics: the bounds, then these terms.
+    stats = anomaly.statistics(tiny.model, tiny.images, 2, 4, 16, 2)
+    assert stats.shape == (40, 6)
+
+
 def test_every_pass_reports_each_image_once_to_its_progress(tiny) -> None:
     """The stages' progress lines count images: each pass over the set adds up to its size,
     batch by batch (the last batch short)."""
@@ -115,6 +143,9 @@ def test_every_pass_reports_each_image_once_to_its_progress(tiny) -> None:
     seen.clear()
     anomaly.bound_matrix(tiny.model, tiny.images, 2, 40, 2, advance=seen.append)
     assert seen == [40, 40, 40]  # L = 3 bounds: L(x), L>1 and L>2
+    seen.clear()
+    anomaly.statistics(tiny.model, tiny.images, 2, 2, 40, 2, advance=seen.append)
+    assert seen == [40] * 6  # and R_0, R_1, R_2
     seen.clear()
     representations.posterior_means(tiny.model, tiny.images, 32, advance=seen.append)
     assert seen == [32, 8]

@@ -126,6 +126,8 @@ class EvaluateParams(_Section):
     active_unit_threshold: float = Field(gt=0.0)
     # OOD detection: importance samples for each of the bounds in LLR>k (1 = plain ELBOs).
     llr_samples: int = Field(ge=1, le=MAX_IW_SAMPLES)
+    # OOD detection: posterior draws for each reconstruction term R_k (the recon_k scores).
+    recon_draws: int = Field(ge=1, le=MAX_IW_SAMPLES)
     # Linear probes: labelled training images per probe (balanced, a multiple of 10 classes),
     # each budget drawn `probe_repeats` times.
     probe_labels: list[int] = Field(
@@ -188,7 +190,8 @@ class SemisupParams(_Section):
 
 class CalibrateParams(_Section):
     # The served OOD score (hvae.evaluation.detector): auto picks the best validation AUROC.
-    # One of auto, likelihood, typicality or llr_k<j> (1 <= j < the number of layers).
+    # One of auto, likelihood, llr_k<j> or recon_k<j> (1 <= j < the number of layers),
+    # typicality or typicality_recon.
     score: str = Field(min_length=1)
     # Binarized training images the typicality statistics are fitted on (a seeded subset,
     # or all of them if there are fewer).
@@ -296,7 +299,9 @@ class Params(_Section):
                 f"unlabelled (got {max(self.semisup.labels)})"
             )
         layers = len(self.model.latent_dims)
-        scores = ["auto", "likelihood", *(f"llr_k{j}" for j in range(1, layers)), "typicality"]
+        # hvae.evaluation.detector.score_names (tests/test_detector.py checks they agree).
+        ratios = [f"{kind}_k{j}" for kind in ("llr", "recon") for j in range(1, layers)]
+        scores = ["auto", "likelihood", *ratios, "typicality", "typicality_recon"]
         if self.calibrate.score not in scores:
             raise ValueError(
                 f"calibrate.score: must be one of {', '.join(scores)} for "

@@ -153,7 +153,7 @@ def _ood(
             for k in metrics
             if (m := re.fullmatch(r"ood_(.+)_auroc", k)) and m.group(1) != "served"
         },
-        key=lambda s: (s != "likelihood", s == "typicality", s),
+        key=lambda s: (s != "likelihood", s.startswith("typicality"), s),
     )
     title = f"## Out-of-distribution detection against {_dataset_title(ood_dataset)}"
     rows = [title, ""]

@@ -25,11 +25,12 @@ without one answers class -1 and probability NaN, and its metadata says `classif
 
 With calibrate's detector in the model (hvae.evaluation.detector), each row also gets
 `ood_score` (higher = more anomalous) and `is_ood` (1 above the calibrated threshold, else
-0), from the detector's bounds at its own sample count, each bound with noise from its own
-per-row stream (independent of the scores' and of each other, as in calibrate, whose
-statistics and threshold assume independent estimates); without one they are NaN and -1,
-and the metadata says `ood_detector: none`. Its samples count in the request budget:
-rows * (iw_samples + the detector's samples per row).
+0), from the statistics its score reads (bounds at its sample count, reconstruction terms at
+its draw count), each with noise from its own per-row stream (independent of the scores' and
+of each other, as in calibrate, whose statistics and threshold assume independent
+estimates); without one they are NaN and -1, and the metadata says `ood_detector: none`.
+Its samples and draws count in the request budget: rows * (iw_samples + the detector's
+samples and draws per row).
 
 Bad input raises RequestError (a ValueError, and an MlflowException so the scoring server
 answers 400 with its message): one line naming the field, its value and the allowed range.
@@ -132,9 +133,10 @@ def row_noise(binary: np.ndarray, draws: int, dims: int, stream: bytes = b"hvae.
     return rng.standard_normal((draws, dims), dtype=np.float32)
 
 
-def ood_stream(bound: int) -> bytes:
-    """The noise stream of the OOD score's bound L>`bound` (0: L itself)."""
-    return b"hvae.ood%d" % bound
+def ood_stream(column: int) -> bytes:
+    """The noise stream of the OOD statistic in `column` (hvae.evaluation.detector: the bound
+    L>j for j < L, 0 being L itself; the reconstruction term R_{j-L} above)."""
+    return b"hvae.ood%d" % column
 
 
 class HVAEScorer:
@@ -144,15 +146,15 @@ class HVAEScorer:
         import tensorflow as tf
 
         from hvae.artifacts import load_classifier, load_detector, load_model
+        from hvae.evaluation.anomaly import reconstruction_term
         from hvae.evaluation.representations import feature_fn
 
         self.model = load_model(Path(model_dir))
         self.classifier = load_classifier(Path(model_dir))
         self.detector = load_detector(Path(model_dir))
-        # Importance samples one row's OOD score costs: samples per bound, each bound.
-        self.ood_cost = (
-            0 if self.detector is None else self.detector.samples * len(self.detector.layers)
-        )
+        # Importance samples and draws one row's OOD score costs.
+        self.ood_cost = 0 if self.detector is None else self.detector.cost
+        self._reconstruction_term = reconstruction_term
         self._dims = list(self.model.latent_dims)
         if self.classifier is not None:
             # The features semisup fitted the classifier on (hvae.evaluation.representations).
@@ -228,19 +230,27 @@ class HVAEScorer:
         return noise
 
     def _ood_score(self, x: np.ndarray, binary: np.ndarray) -> np.ndarray:
-        """The detector's score of the padded batch's first len(binary) rows: every bound it
-        reads at its sample count, each from its own noise stream. Shared noise would correlate
-        the bounds' Monte Carlo errors, and the detector was calibrated on independent ones."""
+        """The detector's score of the padded batch's first len(binary) rows: every statistic
+        it reads, each from its own noise stream. Shared noise would correlate the
+        statistics' Monte Carlo errors, and the detector was calibrated on independent ones."""
         import tensorflow as tf
 
-        samples = self.detector.samples
-        bounds = np.full((BATCH_ROWS, self.model.n_layers), np.nan)
+        detector, n_layers = self.detector, self.model.n_layers
+        statistics = np.full((BATCH_ROWS, 2 * n_layers), np.nan)
         x = tf.constant(x)
-        chunk = min(samples, IW_CHUNK)
-        for j in self.detector.layers:
-            eps = [tf.constant(n) for n in self._noise(binary, samples, ood_stream(j))]
-            bounds[:, j] = self.model.iw_log_likelihood(x, samples, chunk, j, eps=eps).numpy()
-        return self.detector(bounds[: len(binary)])
+        for column in detector.columns:
+            if column < n_layers:
+                draws, j = detector.samples, column
+            else:
+                draws, j = detector.draws, column - n_layers
+            eps = [tf.constant(n) for n in self._noise(binary, draws, ood_stream(column))]
+            if column < n_layers:
+                chunk = min(draws, IW_CHUNK)
+                value = self.model.iw_log_likelihood(x, draws, chunk, j, eps=eps)
+            else:
+                value = self._reconstruction_term(self.model, x, draws, j, eps=eps)
+            statistics[:, column] = value.numpy()
+        return detector(statistics[: len(binary)])
 
     def _score_batch(
         self, x: np.ndarray, binary: np.ndarray, k: int

@@ -1,7 +1,8 @@
 """calibrate: choose the served OOD score and its threshold on validation data only.
 
-Every candidate score (hvae.evaluation.detector) from the L bounds of, each estimated with
-`evaluate.llr_samples` importance samples:
+Every candidate score (hvae.evaluation.detector) from the 2L statistics (the L bounds at
+`evaluate.llr_samples` importance samples, the L reconstruction terms at `evaluate.recon_draws`
+posterior draws) of:
 - `calibrate.fit_images` binarized training images, which fit the typicality statistics;
 - `calibrate.validation_images` in-distribution validation images and as many of the other
   dataset's *training* images (prepare's OOD validation set).
@@ -52,21 +53,23 @@ def run(params: Params, root: Path) -> None:
         ],
     }
     progress = Progress(
-        f"calibrate: {model.n_layers} bounds, {e.llr_samples} samples",
-        model.n_layers * sum(len(x) for x in sets.values()),
+        f"calibrate: {model.n_layers} bounds at {e.llr_samples} samples, "
+        f"{model.n_layers} reconstruction terms at {e.recon_draws} draws",
+        2 * model.n_layers * sum(len(x) for x in sets.values()),
     )
-    bounds = {
-        name: anomaly.bound_matrix(
-            model, x, e.llr_samples, e.batch_size, e.chunk_size, progress.advance
+    statistics = {
+        name: anomaly.statistics(
+            model, x, e.llr_samples, e.recon_draws, e.batch_size, e.chunk_size, progress.advance
         )
         for name, x in sets.items()
     }
     progress.finish()
     chosen, validation = detector.calibrate(
-        bounds["fit"],
-        bounds["valid"],
-        bounds["ood_valid"],
+        statistics["fit"],
+        statistics["valid"],
+        statistics["ood_valid"],
         e.llr_samples,
+        e.recon_draws,
         c.in_distribution_tpr,
         c.score,
     )

@@ -93,6 +93,7 @@ def run(params: Params, root: Path) -> None:
                 ood_score=detector.score,
                 ood_threshold=f"{detector.threshold:.6g}",
                 ood_samples=str(detector.samples),
+                ood_draws=str(detector.draws),
             )
     elif registry.version_tag(name, logged.version, "packed_digest") != packed:
         print(

@@ -2,7 +2,8 @@
 
 Every score of hvae.evaluation.detector on both test sets: the likelihood, from evaluate's
 per-image test log-likelihoods (data/scores/test.npz) and the same estimate on the OOD test
-set; LLR>k for every k and typicality, from the L bounds at `evaluate.llr_samples`. Then the
+set; LLR>k, recon>k and both typicalities, from the 2L statistics (the L bounds at
+`evaluate.llr_samples`, the L reconstruction terms at `evaluate.recon_draws`). Then the
 served detector that calibrate chose on validation data (models/ood_detector.json): its
 AUROC, AUPRC and FPR80 on the test sets (`ood_served_*`) and the rates at its threshold.
 Writes reports/ood.json and one ROC curve per score under reports/ood_roc/, logs both on the
@@ -75,22 +76,25 @@ def run(params: Params, root: Path) -> None:
     metrics: dict[str, float] = {
         "ood_test_nll": float(-ood_log_px.mean()),
         "ood_llr_samples": e.llr_samples,
+        "ood_recon_draws": e.recon_draws,
     }
     scores = {
         "likelihood": (anomaly.likelihood_score(log_px), anomaly.likelihood_score(ood_log_px))
     }
-    # Every image once per bound: L bounds (L and each L>k) over both test sets.
+    # Every image once per statistic: L bounds and L reconstruction terms, both test sets.
     progress = Progress(
-        f"ood: LLR>k bounds, {e.llr_samples} samples",
-        model.n_layers * (len(test) + len(ood_test)),
+        f"ood: bounds at {e.llr_samples} samples, reconstruction terms at {e.recon_draws} draws",
+        2 * model.n_layers * (len(test) + len(ood_test)),
     )
-    in_bounds, ood_bounds = (
-        anomaly.bound_matrix(model, x, e.llr_samples, e.batch_size, e.chunk_size, progress.advance)
+    in_stats, ood_stats = (
+        anomaly.statistics(
+            model, x, e.llr_samples, e.recon_draws, e.batch_size, e.chunk_size, progress.advance
+        )
         for x in (test.images, ood_test.images)
     )
-    # Typicality with the statistics calibrate fitted on training images.
-    in_all = detector.scores(in_bounds, served.typicality)
-    ood_all = detector.scores(ood_bounds, served.typicality)
+    # Both typicalities with the statistics calibrate fitted on training images.
+    in_all = detector.scores(in_stats, served.typicality)
+    ood_all = detector.scores(ood_stats, served.typicality)
     scores.update({s: (in_all[s], ood_all[s]) for s in in_all if s != "likelihood"})
     served_in, served_ood = in_all[served.score], ood_all[served.score]
     metrics.update({f"ood_served_{m}": v for m, v in ood.summary(served_in, served_ood).items()})
@@ -114,6 +118,7 @@ def run(params: Params, root: Path) -> None:
     # Two of the tags are gate metrics (`hvae promote --metric`).
     tags = {k: f"{metrics[k]:.4f}" for k in ("ood_test_nll", "ood_likelihood_auroc")}
     tags["ood_llr_samples"] = str(e.llr_samples)
+    tags["ood_recon_draws"] = str(e.recon_draws)
     tags["ood_served_auroc"] = f"{metrics['ood_served_auroc']:.4f}"
     card.add_stage_results(
         params.registered_model, run_id, model, params, metrics, paths.OOD_METRICS, tags
@@ -124,7 +129,8 @@ def run(params: Params, root: Path) -> None:
         f"ood: {manifest['dataset']} test vs {manifest['ood_dataset']} test, AUROC likelihood "
         f"{metrics['ood_likelihood_auroc']:.3f}, "
         + ", ".join(f"{s} {metrics[f'ood_{s}_auroc']:.3f}" for s in scores if s != "likelihood")
-        + f" ({e.llr_samples} samples per bound); served {served.score}: AUROC "
+        + f" ({e.llr_samples} samples per bound, {e.recon_draws} draws per reconstruction "
+        "term); served {served.score}: AUROC "
         f"{metrics['ood_served_auroc']:.3f}, {metrics['ood_served_tpr']:.1%} of "
         f"{manifest['dataset']} accepted, {metrics['ood_served_flagged']:.1%} of "
         f"{manifest['ood_dataset']} flagged at the threshold; {seconds:.0f} s"

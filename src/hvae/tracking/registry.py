@@ -179,7 +179,7 @@ def register(name: str, logged: LoggedModel, tags: Mapping[str, str]) -> str:
 
 # What the version was packed with (evaluate sets them when it logs the model): a version's
 # files never change, so a re-evaluated version keeps these.
-PACKED_TAGS = ("packed_digest", "ood_score", "ood_threshold", "ood_samples")
+PACKED_TAGS = ("packed_digest", "ood_score", "ood_threshold", "ood_samples", "ood_draws")
 
 # The tags (or tag prefixes) that the ood and probe stages set on a version. The first two
 # are gate metrics (hvae.config.GATE_METRICS).
@@ -187,6 +187,7 @@ LATER_STAGE_TAGS = (
     "ood_test_nll",
     "ood_likelihood_auroc",
     "ood_llr_samples",
+    "ood_recon_draws",
     "ood_served_auroc",
     "probe_all_n",
     "semisup_error_n",
