@@ -129,7 +129,9 @@ def test_every_stage_ran(pipeline_run) -> None:
     assert "ood: fashion-mnist test NLL, k=10: 1,000/10,000 (10 %)" in output
     assert "probe: encoding images:" in output and "(100 %)" in output
     assert "semisup: neighbour search: 12,000/12,000 (100 %)" in output
-    assert "calibrate: 3 bounds, 4 samples: 4,500/4,500 (100 %)" in output
+    # 3 bounds and 3 reconstruction terms for each of 1 500 images (fit, valid, OOD valid).
+    calibrate = "calibrate: 3 bounds at 4 samples, 3 reconstruction terms at 2 draws"
+    assert f"{calibrate}: 9,000/9,000 (100 %)" in output
     shown = json.loads(_run([str(BIN / "dvc"), "metrics", "show", "--json"], repo, env).stdout)
     files = {name for data in shown.values() for name in data.get("data", {})}
     expected = {"reports/metrics.json", "reports/ood.json", "reports/probe.json"}
