@@ -162,6 +162,32 @@ def test_serve_argument_checks(argv, message, project: Path, monkeypatch, capsys
     assert _files(project) == {"params.yaml"}
 
 
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            ["serve", "--port", "abc"],
+            "hvae serve: error: argument --port: invalid int value: 'abc'",
+        ),
+        (["ui", "--port", "1.5"], "hvae ui: error: argument --port: invalid int value: '1.5'"),
+        (
+            ["promote", "--mode", "up"],
+            "hvae promote: error: argument --mode: invalid choice: 'up' (choose from 'min', 'max')",
+        ),
+        (["evaluate", "--bogus"], "hvae: error: unrecognized arguments: --bogus"),
+    ],
+)
+def test_argparse_errors_are_one_line(argv, line, project: Path, monkeypatch, capsys) -> None:
+    from hvae.cli import main
+
+    monkeypatch.chdir(project)
+    with pytest.raises(SystemExit) as info:
+        main(argv)
+    assert info.value.code == 2
+    assert capsys.readouterr().err == f"{line}\n"  # no usage block before it
+    assert _files(project) == {"params.yaml"}
+
+
 def test_ui_and_serve_share_the_bind_check() -> None:
     from hvae.commands import check_listen
 

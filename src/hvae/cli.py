@@ -11,6 +11,7 @@ import importlib
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 from hvae import __version__, interrupts, logs
 from hvae.errors import ConfigError, HVAEError
@@ -44,8 +45,17 @@ def _registry_options(cmd: argparse.ArgumentParser) -> None:
     cmd.add_argument("--alias", help="alias to move (default: promote.alias in params)")
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse prints its whole usage before an error; the CLI's errors are one line, such as
+    `hvae serve: error: argument --port: invalid int value: 'abc'` (`--help` shows the usage).
+    Sub-commands' parsers are of the same class."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="hvae", description=__doc__.splitlines()[0])
+    parser = _OneLineParser(prog="hvae", description=__doc__.splitlines()[0])
     parser.add_argument("--version", action="version", version=f"hvae {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, help_text in STAGES.items():
