@@ -1,0 +1,154 @@
+"""OOD scores beyond calibrate's candidates, compared on validation and test data.
+
+    python -m bench.ood_scores [--params params.yaml] [--reference 20000] [--test-images 2000]
+
+Run from a project whose `models/` and `data/prepared/` hold a trained model. It takes
+calibrate's three sets, chosen as hvae.stages.calibrate chooses them (`calibrate.fit_images`
+binarized training images; `calibrate.validation_images` in-distribution validation images
+and as many of the other dataset's training images), and the first `--test-images` of both
+test sets. For each it computes the 2L statistics that calibrate and ood read (bounds at
+`evaluate.llr_samples`, reconstruction terms at `evaluate.recon_draws`) and the encoder's
+bottom-up features d_1 … d_L, then prints the validation and test AUROC of:
+- every candidate of hvae.evaluation.detector (typicality fitted on the fit set, as calibrate);
+- `maha[d_l]`, `maha[d_all]`: the squared Mahalanobis distance of an image's encoder feature
+  d_l (or of all of them side by side) from `--reference` binarized training images';
+- `knn50[d_l]`, `knn50[d_all]`: the distance to the 50th nearest of those training images,
+  standardized features on the unit sphere (after Sun et al. 2022);
+- `sum[typicality_recon, maha[…]]`: both scores standardized by the fit set's mean and
+  standard deviation, added.
+The AUROC is the probability that an OOD image scores above an in-distribution one. Choose on
+the validation column; the test column is for reporting.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import numpy as np
+import tensorflow as tf
+from sklearn.metrics import roc_auc_score
+from sklearn.neighbors import NearestNeighbors
+
+from hvae import artifacts, paths
+from hvae.config import load_params
+from hvae.data import prepared
+from hvae.evaluation import anomaly, detector
+from hvae.evaluation.bounds import _batches
+
+RIDGE = 1e-3  # on the standardized features' covariance: 256-1024 correlated units
+
+
+class Mahalanobis:
+    def __init__(self, reference: np.ndarray):
+        self.center, self.scale = reference.mean(0), reference.std(0) + 1e-6
+        z = (reference - self.center) / self.scale
+        covariance = np.cov(z, rowvar=False) + RIDGE * np.eye(z.shape[1])
+        self.precision = np.linalg.inv(covariance)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        z = (x - self.center) / self.scale
+        return np.einsum("ij,jk,ik->i", z, self.precision, z)
+
+
+class KthNeighbour:
+    def __init__(self, reference: np.ndarray, k: int = 50):
+        self.center, self.scale = reference.mean(0), reference.std(0) + 1e-6
+        self.index = NearestNeighbors(n_neighbors=k).fit(self._sphere(reference))
+
+    def _sphere(self, x: np.ndarray) -> np.ndarray:
+        z = (x - self.center) / self.scale
+        return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        return self.index.kneighbors(self._sphere(x))[0][:, -1]
+
+
+def encoder_features(model, images: np.ndarray) -> list[np.ndarray]:
+    encode = tf.function(model.encode, reduce_retracing=True)
+    parts = [[d.numpy() for d in encode(x)] for x in _batches(images, 500)]
+    return [np.concatenate([p[layer] for p in parts]) for layer in range(model.n_layers)]
+
+
+def auroc(in_scores: np.ndarray, ood_scores: np.ndarray) -> float:
+    labels = np.r_[np.zeros(len(in_scores)), np.ones(len(ood_scores))]
+    return float(roc_auc_score(labels, np.r_[in_scores, ood_scores]))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--reference", type=int, default=20000)
+    parser.add_argument("--test-images", type=int, default=2000)
+    args = parser.parse_args()
+    params = load_params(args.params)
+    c, e = params.calibrate, params.evaluate
+    model = artifacts.load_model(paths.MODELS)
+    train = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "train")
+    valid = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "valid")
+    ood_valid = prepared.load_split(paths.PREPARED, paths.OOD_FILE, "valid")
+    # calibrate's choice of images, draw for draw (hvae.stages.calibrate).
+    rng = np.random.default_rng(params.seed)
+    fit = np.sort(rng.choice(len(train), min(c.fit_images, len(train)), replace=False))
+    images = {
+        "fit": prepared.binarize_once(train.images[fit], params.prepare.seed + 4),
+        "valid": valid.images[np.sort(rng.choice(len(valid), c.validation_images, False))],
+        "ood_valid": ood_valid.images[
+            np.sort(rng.choice(len(ood_valid), c.validation_images, replace=False))
+        ],
+        "test": prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "test").images,
+        "ood_test": prepared.load_split(paths.PREPARED, paths.OOD_FILE, "test").images,
+    }
+    images["test"] = images["test"][: args.test_images]
+    images["ood_test"] = images["ood_test"][: args.test_images]
+    chosen = np.random.default_rng(params.seed + 1).choice(len(train), args.reference, False)
+    reference = prepared.binarize_once(train.images[chosen], params.prepare.seed + 5)
+
+    started = time.perf_counter()
+    stats = {
+        name: anomaly.statistics(model, x, e.llr_samples, e.recon_draws, e.batch_size, e.chunk_size)
+        for name, x in images.items()
+    }
+    stats_seconds = time.perf_counter() - started
+    features = {name: encoder_features(model, x) for name, x in images.items()}
+    reference_features = encoder_features(model, reference)
+    for group in (features, {"reference": reference_features}):
+        for per_layer in group.values():
+            per_layer.append(np.concatenate(per_layer, axis=1))  # d_all, last
+    names = [f"d{layer + 1}" for layer in range(model.n_layers)] + ["d_all"]
+
+    scores: dict[str, dict[str, np.ndarray]] = {}
+    typicality = detector.fit_typicalities(stats["fit"])
+    for split, s in stats.items():
+        for score, values in detector.scores(s, typicality).items():
+            scores.setdefault(score, {})[split] = values
+    for i, name in enumerate(names):
+        maha, knn = Mahalanobis(reference_features[i]), KthNeighbour(reference_features[i])
+        for split, per_layer in features.items():
+            scores.setdefault(f"maha[{name}]", {})[split] = maha(per_layer[i])
+            scores.setdefault(f"knn50[{name}]", {})[split] = knn(per_layer[i])
+    for name in (names[-2], names[-1]):  # d_L and d_all
+        parts = [scores["typicality_recon"], scores[f"maha[{name}]"]]
+        scores[f"sum[typicality_recon, maha[{name}]]"] = {
+            split: sum((p[split] - p["fit"].mean()) / p["fit"].std() for p in parts)
+            for split in images
+        }
+
+    print(
+        f"{len(images['valid'])} + {len(images['ood_valid'])} validation, "
+        f"{len(images['test'])} + {len(images['ood_test'])} test images; "
+        f"statistics {stats_seconds:.0f} s"
+    )
+    print(f"{'score':44s} {'validation':>10s} {'test':>8s}")
+    for score, values in scores.items():
+        print(
+            f"{score:44s} {auroc(values['valid'], values['ood_valid']):10.4f} "
+            f"{auroc(values['test'], values['ood_test']):8.4f}"
+        )
+
+
+if __name__ == "__main__":
+    main()
