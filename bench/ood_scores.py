@@ -13,9 +13,10 @@ bottom-up features d_1 … d_L, then prints the validation and test AUROC of:
 - `maha[d_l]`, `maha[d_all]`: the squared Mahalanobis distance of an image's encoder feature
   d_l (or of all of them side by side) from `--reference` binarized training images';
 - `knn50[d_l]`, `knn50[d_all]`: the distance to the 50th nearest of those training images,
-  standardized features on the unit sphere (after Sun et al. 2022);
-- `sum[typicality_recon, maha[…]]`: both scores standardized by the fit set's mean and
-  standard deviation, added.
+  standardized features on the unit sphere (after Sun et al. 2022); for d_all also the 10th
+  and the 200th, and the 50th among the fit set's images alone;
+- `sum[typicality_recon, …]`: both scores standardized by the fit set's mean and standard
+  deviation, added.
 The AUROC is the probability that an OOD image scores above an in-distribution one. Choose on
 the validation column; the test column is for reporting.
 """
@@ -30,52 +31,33 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 import tensorflow as tf
-from sklearn.metrics import roc_auc_score
-from sklearn.neighbors import NearestNeighbors
 
 from hvae import artifacts, paths
 from hvae.config import load_params
 from hvae.data import prepared
-from hvae.evaluation import anomaly, detector
+from hvae.evaluation import anomaly, detector, label_spreading
 from hvae.evaluation.bounds import _batches
-
-RIDGE = 1e-3  # on the standardized features' covariance: 256-1024 correlated units
-
-
-class Mahalanobis:
-    def __init__(self, reference: np.ndarray):
-        self.center, self.scale = reference.mean(0), reference.std(0) + 1e-6
-        z = (reference - self.center) / self.scale
-        covariance = np.cov(z, rowvar=False) + RIDGE * np.eye(z.shape[1])
-        self.precision = np.linalg.inv(covariance)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        z = (x - self.center) / self.scale
-        return np.einsum("ij,jk,ik->i", z, self.precision, z)
+from hvae.evaluation.ood import auroc
 
 
 class KthNeighbour:
     def __init__(self, reference: np.ndarray, k: int = 50):
-        self.center, self.scale = reference.mean(0), reference.std(0) + 1e-6
-        self.index = NearestNeighbors(n_neighbors=k).fit(self._sphere(reference))
+        self.center, self.scale, self.k = reference.mean(0), reference.std(0) + 1e-6, k
+        self.reference = self._sphere(reference)
 
     def _sphere(self, x: np.ndarray) -> np.ndarray:
         z = (x - self.center) / self.scale
         return z / np.linalg.norm(z, axis=1, keepdims=True)
 
     def __call__(self, x: np.ndarray) -> np.ndarray:
-        return self.index.kneighbors(self._sphere(x))[0][:, -1]
+        _, squared = label_spreading.nearest(self._sphere(x), self.reference, self.k)
+        return squared.max(axis=1)  # the k-th nearest, squared: the same ranking
 
 
 def encoder_features(model, images: np.ndarray) -> list[np.ndarray]:
     encode = tf.function(model.encode, reduce_retracing=True)
     parts = [[d.numpy() for d in encode(x)] for x in _batches(images, 500)]
     return [np.concatenate([p[layer] for p in parts]) for layer in range(model.n_layers)]
-
-
-def auroc(in_scores: np.ndarray, ood_scores: np.ndarray) -> float:
-    labels = np.r_[np.zeros(len(in_scores)), np.ones(len(ood_scores))]
-    return float(roc_auc_score(labels, np.r_[in_scores, ood_scores]))
 
 
 def main() -> None:
@@ -126,13 +108,24 @@ def main() -> None:
         for score, values in detector.scores(s, typicality).items():
             scores.setdefault(score, {})[split] = values
     for i, name in enumerate(names):
-        maha, knn = Mahalanobis(reference_features[i]), KthNeighbour(reference_features[i])
+        maha = detector.Typicality.fit(reference_features[i])  # the same Mahalanobis distance
+        knn = KthNeighbour(reference_features[i])
         for split, per_layer in features.items():
             scores.setdefault(f"maha[{name}]", {})[split] = maha(per_layer[i])
             scores.setdefault(f"knn50[{name}]", {})[split] = knn(per_layer[i])
-    for name in (names[-2], names[-1]):  # d_L and d_all
-        parts = [scores["typicality_recon"], scores[f"maha[{name}]"]]
-        scores[f"sum[typicality_recon, maha[{name}]]"] = {
+    # All layers' features: other neighbour counts, and a reference of only the fit set's
+    # images (what a served detector would have to carry: 2 000 x 1 024 floats, not 20 000).
+    all_layers = len(names) - 1
+    for k in (10, 200):
+        knn = KthNeighbour(reference_features[all_layers], k)
+        scores[f"knn{k}[d_all]"] = {s: knn(f[all_layers]) for s, f in features.items()}
+    knn = KthNeighbour(features["fit"][all_layers])
+    scores["knn50[d_all], fit set as reference"] = {
+        s: knn(f[all_layers]) for s, f in features.items()
+    }
+    for other in (f"maha[{names[-2]}]", "maha[d_all]", "knn50[d_all]"):
+        parts = [scores["typicality_recon"], scores[other]]
+        scores[f"sum[typicality_recon, {other}]"] = {
             split: sum((p[split] - p["fit"].mean()) / p["fit"].std() for p in parts)
             for split in images
         }
