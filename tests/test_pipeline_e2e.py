@@ -132,6 +132,7 @@ def test_every_stage_ran(pipeline_run) -> None:
     # 3 bounds and 3 reconstruction terms for each of 1 500 images (fit, valid, OOD valid).
     calibrate = "calibrate: 3 bounds at 4 samples, 3 reconstruction terms at 2 draws"
     assert f"{calibrate}: 9,000/9,000 (100 %)" in output
+    assert "; served typicality: AUROC " in output  # ood names the score it serves
     shown = json.loads(_run([str(BIN / "dvc"), "metrics", "show", "--json"], repo, env).stdout)
     files = {name for data in shown.values() for name in data.get("data", {})}
     expected = {"reports/metrics.json", "reports/ood.json", "reports/probe.json"}

@@ -130,7 +130,7 @@ def run(params: Params, root: Path) -> None:
         f"{metrics['ood_likelihood_auroc']:.3f}, "
         + ", ".join(f"{s} {metrics[f'ood_{s}_auroc']:.3f}" for s in scores if s != "likelihood")
         + f" ({e.llr_samples} samples per bound, {e.recon_draws} draws per reconstruction "
-        "term); served {served.score}: AUROC "
+        f"term); served {served.score}: AUROC "
         f"{metrics['ood_served_auroc']:.3f}, {metrics['ood_served_tpr']:.1%} of "
         f"{manifest['dataset']} accepted, {metrics['ood_served_flagged']:.1%} of "
         f"{manifest['ood_dataset']} flagged at the threshold; {seconds:.0f} s"
