@@ -17,8 +17,9 @@ bottom-up features d_1 … d_L, then prints the validation and test AUROC of:
   and the 200th, and the 50th among the fit set's images alone;
 - `sum[typicality_recon, …]`: both scores standardized by the fit set's mean and standard
   deviation, added.
-The AUROC is the probability that an OOD image scores above an in-distribution one. Choose on
-the validation column; the test column is for reporting.
+The AUROC is the probability that an OOD image scores above an in-distribution one; the test
+set's AUPRC and FPR at 80 % TPR follow it, as in reports/ood.json. Choose on the validation
+column; the test columns are for reporting.
 """
 
 from __future__ import annotations
@@ -35,9 +36,8 @@ import tensorflow as tf
 from hvae import artifacts, paths
 from hvae.config import load_params
 from hvae.data import prepared
-from hvae.evaluation import anomaly, detector, label_spreading
+from hvae.evaluation import anomaly, detector, label_spreading, ood
 from hvae.evaluation.bounds import _batches
-from hvae.evaluation.ood import auroc
 
 
 class KthNeighbour:
@@ -135,11 +135,12 @@ def main() -> None:
         f"{len(images['test'])} + {len(images['ood_test'])} test images; "
         f"statistics {stats_seconds:.0f} s"
     )
-    print(f"{'score':44s} {'validation':>10s} {'test':>8s}")
+    print(f"{'score':44s} {'validation':>10s} {'test':>8s} {'AUPRC':>6s} {'FPR80':>6s}")
     for score, values in scores.items():
+        test = ood.summary(values["test"], values["ood_test"])
         print(
-            f"{score:44s} {auroc(values['valid'], values['ood_valid']):10.4f} "
-            f"{auroc(values['test'], values['ood_test']):8.4f}"
+            f"{score:44s} {ood.auroc(values['valid'], values['ood_valid']):10.4f} "
+            f"{test['auroc']:8.4f} {test['auprc']:6.3f} {test['fpr80']:6.3f}"
         )
 
 
