@@ -36,22 +36,9 @@ import tensorflow as tf
 from hvae import artifacts, paths
 from hvae.config import load_params
 from hvae.data import prepared
-from hvae.evaluation import anomaly, detector, label_spreading, ood
+from hvae.evaluation import anomaly, detector, ood
 from hvae.evaluation.bounds import _batches
-
-
-class KthNeighbour:
-    def __init__(self, reference: np.ndarray, k: int = 50):
-        self.center, self.scale, self.k = reference.mean(0), reference.std(0) + 1e-6, k
-        self.reference = self._sphere(reference)
-
-    def _sphere(self, x: np.ndarray) -> np.ndarray:
-        z = (x - self.center) / self.scale
-        return z / np.linalg.norm(z, axis=1, keepdims=True)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        _, squared = label_spreading.nearest(self._sphere(x), self.reference, self.k)
-        return squared.max(axis=1)  # the k-th nearest, squared: the same ranking
+from hvae.stages import calibrate
 
 
 def encoder_features(model, images: np.ndarray) -> list[np.ndarray]:
@@ -67,27 +54,23 @@ def main() -> None:
     parser.add_argument("--test-images", type=int, default=2000)
     args = parser.parse_args()
     params = load_params(args.params)
-    c, e = params.calibrate, params.evaluate
+    e = params.evaluate
     model = artifacts.load_model(paths.MODELS)
     train = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "train")
     valid = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "valid")
     ood_valid = prepared.load_split(paths.PREPARED, paths.OOD_FILE, "valid")
-    # calibrate's choice of images, draw for draw (hvae.stages.calibrate).
-    rng = np.random.default_rng(params.seed)
-    fit = np.sort(rng.choice(len(train), min(c.fit_images, len(train)), replace=False))
-    images = {
-        "fit": prepared.binarize_once(train.images[fit], params.prepare.seed + 4),
-        "valid": valid.images[np.sort(rng.choice(len(valid), c.validation_images, False))],
-        "ood_valid": ood_valid.images[
-            np.sort(rng.choice(len(ood_valid), c.validation_images, replace=False))
-        ],
-        "test": prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "test").images,
-        "ood_test": prepared.load_split(paths.PREPARED, paths.OOD_FILE, "test").images,
-    }
+    images = calibrate.image_sets(params, train, valid, ood_valid)  # calibrate's, draw for draw
+    images.update(
+        {
+            "test": prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "test").images,
+            "ood_test": prepared.load_split(paths.PREPARED, paths.OOD_FILE, "test").images,
+        }
+    )
     images["test"] = images["test"][: args.test_images]
     images["ood_test"] = images["ood_test"][: args.test_images]
-    chosen = np.random.default_rng(params.seed + 1).choice(len(train), args.reference, False)
-    reference = prepared.binarize_once(train.images[chosen], params.prepare.seed + 5)
+    # calibrate's reference at the same seed, `--reference` images of it.
+    sized = params.calibrate.model_copy(update={"reference_images": args.reference})
+    reference = calibrate.reference_images(params.model_copy(update={"calibrate": sized}), train)
 
     started = time.perf_counter()
     stats = {
@@ -109,7 +92,7 @@ def main() -> None:
             scores.setdefault(score, {})[split] = values
     for i, name in enumerate(names):
         maha = detector.Typicality.fit(reference_features[i])  # the same Mahalanobis distance
-        knn = KthNeighbour(reference_features[i])
+        knn = detector.NeighbourDistance.fit(reference_features[i], 50)
         for split, per_layer in features.items():
             scores.setdefault(f"maha[{name}]", {})[split] = maha(per_layer[i])
             scores.setdefault(f"knn50[{name}]", {})[split] = knn(per_layer[i])
@@ -117,9 +100,9 @@ def main() -> None:
     # images (what a served detector would have to carry: 2 000 x 1 024 floats, not 20 000).
     all_layers = len(names) - 1
     for k in (10, 200):
-        knn = KthNeighbour(reference_features[all_layers], k)
+        knn = detector.NeighbourDistance.fit(reference_features[all_layers], k)
         scores[f"knn{k}[d_all]"] = {s: knn(f[all_layers]) for s, f in features.items()}
-    knn = KthNeighbour(features["fit"][all_layers])
+    knn = detector.NeighbourDistance.fit(features["fit"][all_layers], 50)
     scores["knn50[d_all], fit set as reference"] = {
         s: knn(f[all_layers]) for s, f in features.items()
     }

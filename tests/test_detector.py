@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hvae import artifacts
+from hvae import extras
 from hvae.errors import ConfigError, DataError
 from hvae.evaluation import detector
 
@@ -141,8 +141,8 @@ def test_the_detector_file_round_trips_and_a_damaged_one_is_one_line(tmp_path: P
     chosen, _ = detector.calibrate(
         _stats(300, 0), _stats(300, 1), _stats(300, 2, 9.0), 5, 2, 0.95, "typicality_recon"
     )
-    artifacts.save_detector(chosen, tmp_path)
-    loaded = artifacts.load_detector(tmp_path)
+    extras.save_detector(chosen, tmp_path)
+    loaded = extras.load_detector(tmp_path)
     test = _stats(20, 4)
     np.testing.assert_array_equal(loaded(test), chosen(test))
     assert (loaded.score, loaded.threshold, loaded.samples, loaded.draws) == (
@@ -151,8 +151,8 @@ def test_the_detector_file_round_trips_and_a_damaged_one_is_one_line(tmp_path: P
         chosen.samples,
         chosen.draws,
     )
-    assert artifacts.load_detector(tmp_path / "elsewhere") is None
-    data = json.loads((tmp_path / artifacts.DETECTOR).read_text())
+    assert extras.load_detector(tmp_path / "elsewhere") is None
+    data = json.loads((tmp_path / extras.DETECTOR).read_text())
     for damage in (
         lambda d: d.pop("threshold"),
         lambda d: d.pop("draws"),
@@ -165,12 +165,12 @@ def test_the_detector_file_round_trips_and_a_damaged_one_is_one_line(tmp_path: P
     ):
         broken = json.loads(json.dumps(data))
         damage(broken)
-        (tmp_path / artifacts.DETECTOR).write_text(json.dumps(broken))
+        (tmp_path / extras.DETECTOR).write_text(json.dumps(broken))
         with pytest.raises(DataError, match=r"ood_detector.json: cannot load the OOD detector"):
-            artifacts.load_detector(tmp_path)
-    (tmp_path / artifacts.DETECTOR).write_text("{not json")
+            extras.load_detector(tmp_path)
+    (tmp_path / extras.DETECTOR).write_text("{not json")
     with pytest.raises(DataError, match=r"^\S*ood_detector.json: cannot load the OOD detector"):
-        artifacts.load_detector(tmp_path)
+        extras.load_detector(tmp_path)
 
 
 @pytest.mark.parametrize("layers", [2, 4])

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from hvae import artifacts
+from hvae import extras
 from hvae.evaluation import label_spreading as ls
 
 
@@ -106,8 +106,8 @@ def test_the_classifier_round_trips_through_its_file(tmp_path) -> None:
     standard = (points - mean) / scale
     graph = ls.Graph.build(*ls.nearest(standard, standard, 3, exclude_self=True))
     classifier = ls.fit(graph, standard, mean, scale, np.arange(0, 50, 5), labels[::5], 0.9, 5)
-    artifacts.save_classifier(classifier, tmp_path)
-    loaded = artifacts.load_classifier(tmp_path)
+    extras.save_classifier(classifier, tmp_path)
+    loaded = extras.load_classifier(tmp_path)
     assert loaded is not None and loaded.k == 3 and loaded.width == classifier.width
     assert loaded.predict_proba(points) == pytest.approx(classifier.predict_proba(points))
 

@@ -145,12 +145,16 @@ PROBES: dict[str, Probes] = {
     "calibrate.score": Probes(
         "str",
         ("x", "llr_k0", "llr_k4", "llr_k", "LLR_k1", "auto ", "llr_k01", "recon_k4", "recon_k0"),
-        ("auto", "likelihood", "typicality", "typicality_recon", "llr_k1", "llr_k3", "recon_k2"),
+        ("auto", "likelihood", "typicality", "typicality_recon", "llr_k1", "llr_k3", "recon_k2")
+        .__add__(("neighbours",)),
     ),
     "calibrate.fit_images": _int((-1, 0, 9, 60_001, HUGE), (10, 60_000)),
     # <= prepare.validation_size and prepare.ood_validation_size (10 000 each).
     "calibrate.validation_images": _int((-1, 0, 9, 10_001, HUGE), (10, 10_000)),
     "calibrate.in_distribution_tpr": _float((-1, 0, 0.0, 1, 1.0, HUGE), (1e-9, 0.5, 0.95)),
+    # The repo serves neighbours (so 0 is refused) at k = 50 (so at least 50).
+    "calibrate.reference_images": _int((-1, 0, 49, 60_001, HUGE), (50, 20_000, 60_000)),
+    "calibrate.neighbours": _int((-1, 0, 1001, HUGE), (1, 50, 1000)),
     **{f"render.{key}": _int((-1, 0, top + 1, HUGE), (1, top)) for key, top in RENDER.items()},
     "render.traversal_steps": _int((-1, 0, 1, 33, HUGE), (2, 32)),
     "mlflow.experiment": NAMES,

@@ -20,6 +20,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,6 +52,7 @@ TINY = [
     "semisup.draws=2",
     "calibrate.fit_images=500",
     "calibrate.validation_images=500",
+    "calibrate.reference_images=2000",
 ]
 
 
@@ -132,7 +134,7 @@ def test_every_stage_ran(pipeline_run) -> None:
     # 3 bounds and 3 reconstruction terms for each of 1 500 images (fit, valid, OOD valid).
     calibrate = "calibrate: 3 bounds at 4 samples, 3 reconstruction terms at 2 draws"
     assert f"{calibrate}: 9,000/9,000 (100 %)" in output
-    assert "; served typicality: AUROC " in output  # ood names the score it serves
+    assert "; served neighbours: AUROC " in output  # ood names the score it serves
     shown = json.loads(_run([str(BIN / "dvc"), "metrics", "show", "--json"], repo, env).stdout)
     files = {name for data in shown.values() for name in data.get("data", {})}
     expected = {"reports/metrics.json", "reports/ood.json", "reports/probe.json"}
@@ -173,11 +175,12 @@ def test_metrics_are_consistent(pipeline_run) -> None:
     _check_ood_and_probes(repo)
 
 
-# Every OOD score of the 3-layer model: the likelihood, two ratios of each kind, two typicalities.
+# Every OOD score of the 3-layer model: the likelihood, two ratios of each kind, two
+# typicalities and the neighbour distance.
 SCORES = ("likelihood", "llr_k1", "llr_k2", "recon_k1", "recon_k2", "typicality")
-SCORES += ("typicality_recon",)
+SCORES += ("typicality_recon", "neighbours")
 # The score params.yaml serves (calibrate.score); TINY leaves it.
-SERVED = "typicality"
+SERVED = "neighbours"
 
 
 def _check_ood_and_probes(repo: Path) -> None:
@@ -198,6 +201,10 @@ def _check_ood_and_probes(repo: Path) -> None:
     calibrate = json.loads((repo / "reports/calibrate.json").read_text())
     # params.yaml's score; TINY's samples and draws.
     assert (served["score"], served["samples"], served["draws"]) == (SERVED, 4, 2)
+    # TINY's reference and params.yaml's k, the images 784 bits each in the npz beside it.
+    assert (served["reference_images"], served["neighbours"]) == (2000, 50)
+    with np.load(repo / "models/ood_reference.npz") as stored:
+        assert stored["reference"].shape == (2000, 98) and int(stored["pixels"]) == 784
     assert all(
         0.0 <= calibrate[f"calibrate_{s}_{m}"] <= 1.0 for s in SCORES for m in ("auroc", "auprc")
     )

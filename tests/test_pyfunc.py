@@ -14,7 +14,7 @@ import pytest
 import tensorflow as tf
 from mlflow.exceptions import MlflowException
 
-from hvae import artifacts
+from hvae import artifacts, extras
 from hvae.errors import DataError
 from hvae.evaluation import anomaly, detector, label_spreading, representations
 from hvae.model import build_model
@@ -55,7 +55,7 @@ def classifying(
     classifier = label_spreading.fit(
         graph, points, mean, scale, np.arange(20), labels[:20], 0.9, 10
     )
-    artifacts.save_classifier(dataclasses.replace(classifier, features=request.param), folder)
+    extras.save_classifier(dataclasses.replace(classifier, features=request.param), folder)
     return _load_pyfunc(str(folder))
 
 
@@ -96,7 +96,7 @@ def detecting(tmp_path_factory: pytest.TempPathFactory, scorer: HVAEScorer) -> H
     chosen, _ = detector.calibrate(
         stats[0][:200], stats[0][200:], stats[1], 3, 2, 0.9, "typicality_recon"
     )
-    artifacts.save_detector(chosen, folder)
+    extras.save_detector(chosen, folder)
     return _load_pyfunc(str(folder))
 
 
@@ -143,10 +143,10 @@ def test_a_model_with_a_detector_answers_its_ood_score(
 
 
 def test_a_damaged_classifier_is_one_line(tmp_path: Path) -> None:
-    (tmp_path / artifacts.CLASSIFIER).write_bytes(b"not a zip")
+    (tmp_path / extras.CLASSIFIER).write_bytes(b"not a zip")
     with pytest.raises(DataError, match=r"classifier.npz: cannot load the classifier"):
-        artifacts.load_classifier(tmp_path)
-    assert artifacts.load_classifier(tmp_path / "elsewhere") is None
+        extras.load_classifier(tmp_path)
+    assert extras.load_classifier(tmp_path / "elsewhere") is None
 
 
 def test_a_classifier_names_its_features_and_an_older_one_reads_posterior_means(
@@ -157,17 +157,17 @@ def test_a_classifier_names_its_features_and_an_older_one_reads_posterior_means(
     graph = label_spreading.Graph.build(*label_spreading.nearest(points, points, 3, True))
     fitted = label_spreading.fit(graph, points, mean, scale, np.arange(10), np.arange(10), 0.9, 5)
     encoder = dataclasses.replace(fitted, features="encoder")
-    artifacts.save_classifier(encoder, tmp_path)
-    assert artifacts.load_classifier(tmp_path).features == "encoder"
+    extras.save_classifier(encoder, tmp_path)
+    assert extras.load_classifier(tmp_path).features == "encoder"
     # Classifiers saved before semisup.features existed have no such array.
     arrays = {k: v for k, v in encoder.to_arrays().items() if k != "features"}
-    np.savez(tmp_path / artifacts.CLASSIFIER, **arrays)
-    assert artifacts.load_classifier(tmp_path).features == "posterior_means"
-    np.savez(tmp_path / artifacts.CLASSIFIER, **arrays, features=np.array("pixels"))
+    np.savez(tmp_path / extras.CLASSIFIER, **arrays)
+    assert extras.load_classifier(tmp_path).features == "posterior_means"
+    np.savez(tmp_path / extras.CLASSIFIER, **arrays, features=np.array("pixels"))
     with pytest.raises(
         DataError, match=r"cannot load the classifier \(features 'pixels': expected one of "
     ):
-        artifacts.load_classifier(tmp_path)
+        extras.load_classifier(tmp_path)
 
 
 def _frame(n: int, seed: int = 1) -> pd.DataFrame:

@@ -20,9 +20,9 @@ STAGES = {
     "prepare": "verify and parse the MNIST IDX files, split and binarize -> data/prepared",
     "train": "train the hierarchical VAE -> models/, reports/train_history.csv, an MLflow run",
     "calibrate": "choose and threshold the served OOD score on validation data -> "
-    "models/ood_detector.json, reports/calibrate.json",
+    "models/ood_detector.json, models/ood_reference.npz, reports/calibrate.json",
     "evaluate": "test ELBO, per-layer KL, active units, IW NLL -> reports/metrics.json, registry",
-    "ood": "OOD detection (likelihood, LLR>k) -> reports/ood.json, reports/ood_roc/",
+    "ood": "OOD detection (every score, the served one) -> reports/ood.json, reports/ood_roc/",
     "probe": "linear probes of every layer from a few labels -> reports/probe.json",
     "semisup": "label spreading from a few labels -> reports/semisup.json, models/classifier.npz",
     "render": "figures and the model card -> reports/figures/, reports/model_card.md",

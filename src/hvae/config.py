@@ -200,6 +200,11 @@ class CalibrateParams(_Section):
     validation_images: int = Field(ge=10, le=MNIST_TRAIN_SIZE)
     # The in-distribution validation fraction the threshold accepts.
     in_distribution_tpr: float = Field(gt=0.0, lt=1.0)
+    # Binarized training images whose encoder features the neighbour distance searches
+    # (stored with the detector); 0 drops the `neighbours` candidate.
+    reference_images: int = Field(ge=0, le=MNIST_TRAIN_SIZE)
+    # Its k: an image's distance to the k-th nearest reference image.
+    neighbours: int = Field(ge=1, le=1000)
 
 
 def _check_budgets(key: str, budgets: list[int]) -> None:
@@ -302,10 +307,14 @@ class Params(_Section):
         # hvae.evaluation.detector.score_names (tests/test_detector.py checks they agree).
         ratios = [f"{kind}_k{j}" for kind in ("llr", "recon") for j in range(1, layers)]
         scores = ["auto", "likelihood", *ratios, "typicality", "typicality_recon"]
+        if self.calibrate.reference_images:
+            scores.append("neighbours")
         if self.calibrate.score not in scores:
             raise ValueError(
                 f"calibrate.score: must be one of {', '.join(scores)} for "
-                f"{layers} layers (got {self.calibrate.score!r})"
+                f"{layers} layers"
+                + ("" if self.calibrate.reference_images else " and calibrate.reference_images=0")
+                + f" (got {self.calibrate.score!r})"
             )
         for key, size in (
             ("prepare.validation_size", self.prepare.validation_size),
@@ -316,6 +325,12 @@ class Params(_Section):
                     f"calibrate.validation_images: must be <= {key}={size} "
                     f"(got {self.calibrate.validation_images})"
                 )
+        c = self.calibrate
+        if c.reference_images and c.neighbours > min(c.reference_images, train_size):
+            raise ValueError(
+                f"calibrate.neighbours: must be <= calibrate.reference_images="
+                f"{c.reference_images} and the {train_size} training images (got {c.neighbours})"
+            )
         if self.train.probe_images > self.prepare.validation_size:
             raise ValueError(
                 f"train.probe_images: must be <= prepare.validation_size="

@@ -8,16 +8,20 @@ After Havtorn et al. (2021), "Hierarchical VAEs Know What They Don't Know":
 - the reconstruction terms R_k = E_q log p(x | z_{>k}, z_{≤k} = the prior means): how their
   code computes L>k (the k lowest layers at the means of p(z_l | z_{>l}), no KL term), whose
   ratio R_0 - R_k separates Fashion-MNIST from MNIST better than the sampled bound's.
+And the encoder's features, every layer's bottom-up d_l side by side, which the neighbour
+distance reads (hvae.evaluation.detector.NeighbourDistance).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import numpy as np
 import tensorflow as tf
 
 from hvae.evaluation.bounds import Advance, _batches, iw_log_likelihood
+from hvae.evaluation.detector import Detector, NeighbourDistance
 from hvae.model import HierarchicalVAE
 from hvae.model.distributions import bernoulli_log_prob
 
@@ -112,4 +116,30 @@ def statistics(
             reconstruction_matrix(model, images, draws, batch_size, advance),
         ],
         axis=1,
+    )
+
+
+@tf.function(reduce_retracing=True)
+def _all_features(model: HierarchicalVAE, x: tf.Tensor) -> tf.Tensor:
+    return tf.concat(model.encode(x), axis=1)
+
+
+def encoder_features(
+    model: HierarchicalVAE, images: np.ndarray, batch_size: int, advance: Advance = None
+) -> np.ndarray:
+    """(n, L * hidden_dim): every layer's encoder feature d_1 … d_L side by side, one
+    deterministic bottom-up pass per image."""
+    return np.concatenate(
+        [_all_features(model, x).numpy() for x in _batches(images, batch_size, advance)]
+    )
+
+
+def with_neighbours(model: HierarchicalVAE, detector: Detector, batch_size: int) -> Detector:
+    """`detector` with its neighbour distance fitted on its reference images' features
+    (unchanged when it has no reference)."""
+    if detector.reference_images is None:
+        return detector
+    features = encoder_features(model, detector.reference_images, batch_size)
+    return dataclasses.replace(
+        detector, distance=NeighbourDistance.fit(features, detector.neighbours)
     )

@@ -2,6 +2,6 @@
 server around MLflow's scoring app (server).
 
 pyfunc ships inside every logged model, so it may import only hvae.model, hvae.evaluation
-(the classifier), hvae.artifacts and hvae.errors (the package code a version carries) and the
-serving requirements.
+(the classifier and detector), hvae.artifacts, hvae.extras and hvae.errors (the package code
+a version carries) and the serving requirements.
 """

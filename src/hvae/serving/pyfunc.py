@@ -28,9 +28,11 @@ With calibrate's detector in the model (hvae.evaluation.detector), each row also
 0), from the statistics its score reads (bounds at its sample count, reconstruction terms at
 its draw count), each with noise from its own per-row stream (independent of the scores' and
 of each other, as in calibrate, whose statistics and threshold assume independent
-estimates); without one they are NaN and -1, and the metadata says `ood_detector: none`.
-Its samples and draws count in the request budget: rows * (iw_samples + the detector's
-samples and draws per row).
+estimates); the neighbour distance from the encoder's features of the row and of the
+detector's reference images (fitted once, at load). Without a detector they are NaN and -1,
+and the metadata says `ood_detector: none`. Its samples and draws (or, for the neighbour
+distance, the importance samples its search costs as much as) count in the request budget:
+rows * (iw_samples + the detector's cost per row).
 
 Bad input raises RequestError (a ValueError, and an MlflowException so the scoring server
 answers 400 with its message): one line naming the field, its value and the allowed range.
@@ -61,6 +63,8 @@ MAX_ROW_SAMPLES = 200_000
 # keeps the matmuls efficient, and padding a lone row costs 20 rows, not 100.
 BATCH_ROWS = 20
 IW_CHUNK = 100
+# Reference images per encoder pass when a version loads.
+REFERENCE_BATCH = 500
 
 # What a client may ask, for the logged model's metadata (ParamSpec has no range).
 LIMITS = {
@@ -145,13 +149,20 @@ class HVAEScorer:
     def __init__(self, model_dir: str | Path):
         import tensorflow as tf
 
-        from hvae.artifacts import load_classifier, load_detector, load_model
-        from hvae.evaluation.anomaly import reconstruction_term
+        from hvae.artifacts import load_model
+        from hvae.evaluation.anomaly import encoder_features, reconstruction_term, with_neighbours
+        from hvae.evaluation.detector import NEIGHBOURS
         from hvae.evaluation.representations import feature_fn
+        from hvae.extras import load_classifier, load_detector
 
         self.model = load_model(Path(model_dir))
         self.classifier = load_classifier(Path(model_dir))
         self.detector = load_detector(Path(model_dir))
+        self._neighbours = self.detector is not None and self.detector.score == NEIGHBOURS
+        if self._neighbours:
+            # The neighbour distance: its reference's features, once.
+            self.detector = with_neighbours(self.model, self.detector, REFERENCE_BATCH)
+        self._encoder_features = encoder_features
         # Importance samples and draws one row's OOD score costs.
         self.ood_cost = 0 if self.detector is None else self.detector.cost
         self._reconstruction_term = reconstruction_term
@@ -237,6 +248,10 @@ class HVAEScorer:
 
         detector, n_layers = self.detector, self.model.n_layers
         statistics = np.full((BATCH_ROWS, 2 * n_layers), np.nan)
+        if self._neighbours:
+            # The whole padded batch, so every row is searched in the same shapes.
+            features = self._encoder_features(self.model, x, BATCH_ROWS)
+            return detector(statistics, features)[: len(binary)]
         x = tf.constant(x)
         for column in detector.columns:
             if column < n_layers:

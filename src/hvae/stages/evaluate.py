@@ -16,7 +16,7 @@ import keras
 import mlflow
 import numpy as np
 
-from hvae import artifacts, atomic, paths
+from hvae import artifacts, atomic, extras, paths
 from hvae.config import GATE_METRICS, Params, flatten
 from hvae.data import prepared
 from hvae.evaluation import bounds
@@ -83,11 +83,11 @@ def run(params: Params, root: Path) -> None:
     headline = {k: metrics[k] for k in (*GATE_METRICS, "iw_samples") if k in metrics}
     # probe and semisup may have run first, before there was a version to tag.
     earlier_tags = {k: _tag(v) for k, v in earlier.items() if EARLIER_TAG.fullmatch(k)}
-    packed = artifacts.extras_digest(paths.MODELS)
+    packed = extras.extras_digest(paths.MODELS)
     if logged.version is None:
         # Just packed: semisup's classifier and calibrate's detector, as they are in models/.
         earlier_tags["packed_digest"] = packed
-        detector = artifacts.load_detector(paths.MODELS)
+        detector = extras.load_detector(paths.MODELS)
         if detector is not None:
             earlier_tags.update(
                 ood_score=detector.score,

@@ -3,7 +3,8 @@
 Every score of hvae.evaluation.detector on both test sets: the likelihood, from evaluate's
 per-image test log-likelihoods (data/scores/test.npz) and the same estimate on the OOD test
 set; LLR>k, recon>k and both typicalities, from the 2L statistics (the L bounds at
-`evaluate.llr_samples`, the L reconstruction terms at `evaluate.recon_draws`). Then the
+`evaluate.llr_samples`, the L reconstruction terms at `evaluate.recon_draws`); the neighbour
+distance in the encoder's features, when the detector has a reference. Then the
 served detector that calibrate chose on validation data (models/ood_detector.json): its
 AUROC, AUPRC and FPR80 on the test sets (`ood_served_*`) and the rates at its threshold.
 Writes reports/ood.json and one ROC curve per score under reports/ood_roc/, logs both on the
@@ -20,7 +21,7 @@ import mlflow
 import numpy as np
 import pandas as pd
 
-from hvae import artifacts, atomic, paths
+from hvae import artifacts, atomic, extras, paths
 from hvae.config import Params
 from hvae.data import prepared
 from hvae.errors import DataError
@@ -61,10 +62,10 @@ def run(params: Params, root: Path) -> None:
             "run `hvae evaluate` again"
         )
     model = artifacts.load_model(paths.MODELS)
-    served = artifacts.load_detector(paths.MODELS)
+    served = extras.load_detector(paths.MODELS)
     if served is None:
         raise DataError(
-            f"{paths.MODELS / artifacts.DETECTOR}: not found (run `hvae calibrate` first)"
+            f"{paths.MODELS / extras.DETECTOR}: not found (run `hvae calibrate` first)"
         )
     runs.configure(root)
     run_id = runs.read_run_record(model_digest)
@@ -92,9 +93,18 @@ def run(params: Params, root: Path) -> None:
         )
         for x in (test.images, ood_test.images)
     )
-    # Both typicalities with the statistics calibrate fitted on training images.
-    in_all = detector.scores(in_stats, served.typicality)
-    ood_all = detector.scores(ood_stats, served.typicality)
+    # Both typicalities with the statistics calibrate fitted on training images, the
+    # neighbour distance with its reference images' features.
+    served = anomaly.with_neighbours(model, served, e.batch_size)
+    in_all, ood_all = (
+        detector.scores(
+            stats,
+            served.typicality,
+            served.distance,
+            None if served.distance is None else anomaly.encoder_features(model, x, e.batch_size),
+        )
+        for stats, x in ((in_stats, test.images), (ood_stats, ood_test.images))
+    )
     scores.update({s: (in_all[s], ood_all[s]) for s in in_all if s != "likelihood"})
     served_in, served_ood = in_all[served.score], ood_all[served.score]
     metrics.update({f"ood_served_{m}": v for m, v in ood.summary(served_in, served_ood).items()})

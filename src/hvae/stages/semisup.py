@@ -18,7 +18,7 @@ import keras
 import numpy as np
 import pandas as pd
 
-from hvae import artifacts, atomic, paths
+from hvae import artifacts, atomic, extras, paths
 from hvae.config import Params
 from hvae.data import prepared
 from hvae.evaluation import label_spreading, representations
@@ -65,7 +65,7 @@ def run(params: Params, root: Path) -> None:
     )
     search.finish()
 
-    artifacts.save_classifier(results.served, paths.MODELS)
+    extras.save_classifier(results.served, paths.MODELS)
     confusion = pd.DataFrame({"actual": test.labels, "predicted": results.predicted})
     with atomic.atomic_path(paths.SEMISUP_CONFUSION) as tmp:
         confusion.to_csv(tmp, index=False)
@@ -91,5 +91,5 @@ def run(params: Params, root: Path) -> None:
             for b in s.labels
         )
         + f" over {s.draws} draws; classifier ({s.serve_labels} labels) -> "
-        + f"{paths.MODELS / artifacts.CLASSIFIER}; {seconds:.0f} s"
+        + f"{paths.MODELS / extras.CLASSIFIER}; {seconds:.0f} s"
     )

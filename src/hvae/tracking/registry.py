@@ -23,7 +23,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
 from mlflow.types.schema import AnyType
 
-from hvae import artifacts
+from hvae import artifacts, extras
 from hvae.serving.pyfunc import DEFAULT_IW_SAMPLES, LIMITS, HVAEScorer
 
 # What `hvae.serving.pyfunc` imports to rebuild and run the model, and mlflow to load it.
@@ -101,9 +101,9 @@ def log_model(name: str, run_id: str, model_dir: Path, example: np.ndarray) -> L
         data.mkdir(parents=True)
         for file in (artifacts.WEIGHTS, artifacts.CONFIG):
             shutil.copy2(model_dir / file, data / file)
-        classifier = artifacts.load_classifier(model_dir)
-        detector = artifacts.load_detector(model_dir)
-        for extra in (artifacts.CLASSIFIER, artifacts.DETECTOR):
+        classifier = extras.load_classifier(model_dir)
+        detector = extras.load_detector(model_dir)
+        for extra in (extras.CLASSIFIER, extras.DETECTOR, extras.REFERENCE):
             if (model_dir / extra).exists():
                 shutil.copy2(model_dir / extra, data / extra)
         info = mlflow.pyfunc.log_model(
