@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -186,3 +187,113 @@ def test_config_accepts_exactly_the_detector_scores(layers: int) -> None:
         raw["calibrate"]["score"] = score
         with pytest.raises(ConfigError, match=r"calibrate\.score: must be one of auto, "):
             parse_params(raw, "params.yaml")
+
+
+def _features(n: int, seed: int, shift: float = 0.0) -> np.ndarray:
+    """(n, 8) features of two clusters; `shift` moves every point off them."""
+    rng = np.random.default_rng(seed)
+    centres = np.array([[3.0] * 4 + [0.0] * 4, [0.0] * 4 + [3.0] * 4])
+    return centres[rng.integers(0, 2, n)] + rng.standard_normal((n, 8)) + shift
+
+
+def test_the_neighbour_distance_is_the_kth_nearest_on_the_standardized_sphere() -> None:
+    reference, queries = _features(300, 0), _features(7, 1)
+    distance = detector.NeighbourDistance.fit(reference, 5)
+    # By hand: standardize by the reference's mean and std, scale to unit length, then the
+    # 5th smallest squared distance to the reference.
+    mean, std = reference.mean(0), reference.std(0)
+
+    def sphere(x: np.ndarray) -> np.ndarray:
+        z = (x - mean) / std
+        return z / np.linalg.norm(z, axis=1, keepdims=True)
+
+    squared = ((sphere(queries)[:, None, :] - sphere(reference)[None]) ** 2).sum(-1)
+    np.testing.assert_allclose(distance(queries), np.sort(squared, 1)[:, 4], rtol=1e-4, atol=1e-5)
+    # Only a feature vector's direction counts, and a constant feature is harmless.
+    np.testing.assert_allclose(distance(queries), distance(mean + 3.0 * (queries - mean)), 1e-4)
+    with_constant = detector.NeighbourDistance.fit(np.c_[reference, np.ones(300)], 5)
+    assert np.isfinite(with_constant(np.c_[queries, np.ones(7)])).all()
+    assert distance(np.zeros((0, 8))).shape == (0,)
+    with pytest.raises(ValueError, match=r"need at least k = 301 reference images"):
+        detector.NeighbourDistance.fit(reference, 301)
+
+
+def test_calibrate_offers_the_neighbour_distance_only_with_a_reference() -> None:
+    fit, valid = _stats(300, 0), _stats(300, 1)
+    # OOD images whose statistics look typical but whose features lie between the clusters.
+    ood_valid = _stats(300, 2)
+    reference_images = np.random.default_rng(5).random((400, 784)) < 0.2
+    features = (_features(300, 1), _features(300, 2) * np.tile([1.0, -1.0], 4))
+    distance = detector.NeighbourDistance.fit(_features(400, 3), 10)
+    chosen, metrics = detector.calibrate(
+        fit, valid, ood_valid, 3, 2, 0.95, "auto", distance, reference_images, features
+    )
+    assert metrics["neighbours_auroc"] > 0.95 > metrics["typicality_recon_auroc"]
+    assert chosen.score == "neighbours" and chosen.columns == []
+    assert (chosen.neighbours, len(chosen.reference_images)) == (10, 400)
+    # 400 reference images search at about one importance sample (REFERENCE_PER_SAMPLE 500).
+    assert chosen.cost == 1
+    in_scores = chosen(np.full((300, 6), np.nan), features[0])
+    assert chosen.threshold == pytest.approx(np.quantile(in_scores, 0.95, method="higher"))
+    with pytest.raises(ValueError, match=r"neighbours: needs the fitted distance and the"):
+        chosen(valid)
+    # Without a reference the candidate does not exist.
+    _, metrics = detector.calibrate(fit, valid, ood_valid, 3, 2, 0.95)
+    assert "neighbours_auroc" not in metrics
+    with pytest.raises(ValueError, match=r"OOD score 'neighbours': no reference images to search"):
+        detector.calibrate(fit, valid, ood_valid, 3, 2, 0.95, "neighbours")
+    with pytest.raises(ValueError, match=r"needs its reference images and the validation features"):
+        detector.calibrate(fit, valid, ood_valid, 3, 2, 0.95, "auto", distance)
+
+
+def test_the_reference_images_round_trip_at_one_bit_a_pixel(tmp_path: Path) -> None:
+    reference_images = np.random.default_rng(5).random((123, 784)) < 0.2
+    distance = detector.NeighbourDistance.fit(_features(123, 3), 7)
+    features = (_features(50, 1), _features(50, 2, 2.0))
+    stats = (_stats(300, 0), _stats(50, 1), _stats(50, 2, 9.0))
+    chosen, _ = detector.calibrate(
+        *stats, 3, 2, 0.9, "neighbours", distance, reference_images, features
+    )
+    extras.save_detector(chosen, tmp_path)
+    assert (tmp_path / extras.REFERENCE).stat().st_size < 123 * 784 / 8 + 2000
+    loaded = extras.load_detector(tmp_path)
+    np.testing.assert_array_equal(loaded.reference_images, reference_images)
+    assert (loaded.score, loaded.neighbours) == ("neighbours", 7)
+    assert loaded.threshold == chosen.threshold
+    # The fitted distance is rebuilt from the images and the weights (anomaly.with_neighbours).
+    assert loaded.distance is None
+    data = json.loads((tmp_path / extras.DETECTOR).read_text())
+    assert (data["reference_images"], data["neighbours"]) == (123, 7)
+    # A detector without a reference writes an empty npz and reads back without one, and a
+    # file written before the neighbour distance (no such keys) still loads.
+    plain, _ = detector.calibrate(*stats, 3, 2, 0.9, "typicality")
+    other = tmp_path / "plain"
+    extras.save_detector(plain, other)
+    assert extras.load_detector(other).reference_images is None
+    old = {k: v for k, v in plain.to_dict().items() if k not in ("neighbours", "reference_images")}
+    (other / extras.DETECTOR).write_text(json.dumps(old))
+    (other / extras.REFERENCE).unlink()
+    assert extras.load_detector(other).neighbours == 0
+
+    # Damage: each a one-line DataError naming the file, nothing half-loaded.
+    for damage, named in (
+        (lambda d: d.update(reference_images=124), r"ood_detector.json with ood_reference.npz"),
+        (lambda d: d.update(neighbours=0), r"ood_detector.json with ood_reference.npz"),
+        (lambda d: d.update(neighbours=124), r"ood_detector.json with ood_reference.npz"),
+        (lambda d: d.update(reference_images=10**9), r"ood_detector.json with ood_reference.npz"),
+    ):
+        broken = json.loads(json.dumps(data))
+        damage(broken)
+        (tmp_path / extras.DETECTOR).write_text(json.dumps(broken))
+        with pytest.raises(DataError, match=rf"^\S*{named}: cannot load the OOD detector") as info:
+            extras.load_detector(tmp_path)
+        assert "\n" not in str(info.value)
+    (tmp_path / extras.DETECTOR).write_text(json.dumps(data))
+    (tmp_path / extras.REFERENCE).write_bytes(b"not a zip")
+    with pytest.raises(DataError, match=r"^\S*ood_reference.npz: cannot load the reference images"):
+        extras.load_detector(tmp_path)
+    (tmp_path / extras.REFERENCE).unlink()
+    with pytest.raises(DataError, match=r"^\S*ood_reference.npz: not found \(run `hvae calibrate"):
+        extras.load_detector(tmp_path)
+    with pytest.raises(ValueError, match=r"score neighbours: no reference images"):
+        dataclasses.replace(plain, score="neighbours")

@@ -142,6 +142,51 @@ def test_a_model_with_a_detector_answers_its_ood_score(
         detecting.predict(np.zeros((rows, 784), np.uint8), {"iw_samples": pyfunc.MAX_IW_SAMPLES})
 
 
+@pytest.fixture(scope="module")
+def neighbouring(tmp_path_factory: pytest.TempPathFactory, scorer: HVAEScorer) -> HVAEScorer:
+    """The same model serving the neighbour distance: 300 sparse reference images, sparse
+    images in distribution, dense ones out."""
+    folder: Path = tmp_path_factory.mktemp("neighbouring")
+    scorer.model.save_weights(folder / artifacts.WEIGHTS)
+    artifacts.save_config(scorer.model, folder)
+    rng = np.random.default_rng(6)
+    reference = rng.random((300, 784)) < 0.1
+    sparse = (rng.random((200, 784)) < 0.1).astype(np.float32)
+    dense = (rng.random((100, 784)) < 0.5).astype(np.float32)
+    distance = detector.NeighbourDistance.fit(
+        anomaly.encoder_features(scorer.model, reference, 64), 5
+    )
+    features = tuple(anomaly.encoder_features(scorer.model, x, 64) for x in (sparse, dense))
+    stats = [np.zeros((len(x), 4)) for x in (sparse, sparse, dense)]  # unread by this score
+    chosen, _ = detector.calibrate(*stats, 3, 2, 0.9, "neighbours", distance, reference, features)
+    extras.save_detector(chosen, folder)
+    return _load_pyfunc(str(folder))
+
+
+def test_a_model_serving_the_neighbour_distance_searches_its_reference(
+    neighbouring: HVAEScorer, scorer: HVAEScorer
+) -> None:
+    rng = np.random.default_rng(7)
+    pixels = np.concatenate([rng.random((13, 784)) < 0.1, rng.random((12, 784)) < 0.5])
+    scores = neighbouring.predict(pd.DataFrame(pixels * 255.0), {"iw_samples": 5})
+    # The distance rebuilt at load from the stored images equals calibrate's, and a row's
+    # score is the k-th nearest reference image's distance in the encoder's features.
+    served = neighbouring.detector
+    reference = anomaly.encoder_features(scorer.model, served.reference_images, 64)
+    expected = detector.NeighbourDistance.fit(reference, 5)(
+        anomaly.encoder_features(scorer.model, pixels, 64)
+    )
+    np.testing.assert_allclose(scores["ood_score"], expected, rtol=1e-4, atol=1e-5)
+    flagged = scores["ood_score"] > served.threshold
+    assert scores["is_ood"].tolist() == flagged.astype(int).tolist()
+    assert scores["is_ood"][13:].mean() > scores["is_ood"][:13].mean()
+    # A row scores the same alone as in its batch.
+    alone = neighbouring.predict(pd.DataFrame(pixels[20:21] * 255.0), {"iw_samples": 5})
+    assert alone["ood_score"][0] == scores["ood_score"][20]
+    # 300 reference images cost one importance sample's worth a row in the budget.
+    assert neighbouring.ood_cost == 1
+
+
 def test_a_damaged_classifier_is_one_line(tmp_path: Path) -> None:
     (tmp_path / extras.CLASSIFIER).write_bytes(b"not a zip")
     with pytest.raises(DataError, match=r"classifier.npz: cannot load the classifier"):
