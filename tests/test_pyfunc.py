@@ -37,15 +37,21 @@ def scorer(tmp_path_factory: pytest.TempPathFactory) -> HVAEScorer:
     return _load_pyfunc(str(folder))
 
 
+def _model_copy(factory: pytest.TempPathFactory, scorer: HVAEScorer, name: str) -> Path:
+    """A new folder holding the scorer's model files, for a classifier or detector beside."""
+    folder: Path = factory.mktemp(name)
+    scorer.model.save_weights(folder / artifacts.WEIGHTS)
+    artifacts.save_config(scorer.model, folder)
+    return folder
+
+
 @pytest.fixture(scope="module", params=label_spreading.FEATURES)
 def classifying(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, scorer: HVAEScorer
 ) -> HVAEScorer:
     """The same model with a classifier spread from labels on its own features (each kind
     semisup.features can name)."""
-    folder: Path = tmp_path_factory.mktemp("classifying")
-    scorer.model.save_weights(folder / artifacts.WEIGHTS)
-    artifacts.save_config(scorer.model, folder)
+    folder = _model_copy(tmp_path_factory, scorer, "classifying")
     images = (np.random.default_rng(2).random((200, 784)) < 0.3).astype(np.float32)
     features = representations.image_features(scorer.model, images, request.param, 64)
     mean, scale = label_spreading.standardizer(features)
@@ -86,9 +92,7 @@ def detecting(tmp_path_factory: pytest.TempPathFactory, scorer: HVAEScorer) -> H
     """The same model with a typicality_recon detector (every statistic: the bounds and the
     reconstruction terms) calibrated on its own statistics: sparse images in distribution,
     dense ones out."""
-    folder: Path = tmp_path_factory.mktemp("detecting")
-    scorer.model.save_weights(folder / artifacts.WEIGHTS)
-    artifacts.save_config(scorer.model, folder)
+    folder = _model_copy(tmp_path_factory, scorer, "detecting")
     rng = np.random.default_rng(3)
     sparse = (rng.random((300, 784)) < 0.1).astype(np.float32)
     dense = (rng.random((100, 784)) < 0.5).astype(np.float32)
@@ -146,9 +150,7 @@ def test_a_model_with_a_detector_answers_its_ood_score(
 def neighbouring(tmp_path_factory: pytest.TempPathFactory, scorer: HVAEScorer) -> HVAEScorer:
     """The same model serving the neighbour distance: 300 sparse reference images, sparse
     images in distribution, dense ones out."""
-    folder: Path = tmp_path_factory.mktemp("neighbouring")
-    scorer.model.save_weights(folder / artifacts.WEIGHTS)
-    artifacts.save_config(scorer.model, folder)
+    folder = _model_copy(tmp_path_factory, scorer, "neighbouring")
     rng = np.random.default_rng(6)
     reference = rng.random((300, 784)) < 0.1
     sparse = (rng.random((200, 784)) < 0.1).astype(np.float32)
