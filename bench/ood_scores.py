@@ -31,20 +31,18 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
-import tensorflow as tf
 
 from hvae import artifacts, paths
 from hvae.config import load_params
 from hvae.data import prepared
 from hvae.evaluation import anomaly, detector, ood
-from hvae.evaluation.bounds import _batches
 from hvae.stages import calibrate
 
 
-def encoder_features(model, images: np.ndarray) -> list[np.ndarray]:
-    encode = tf.function(model.encode, reduce_retracing=True)
-    parts = [[d.numpy() for d in encode(x)] for x in _batches(images, 500)]
-    return [np.concatenate([p[layer] for p in parts]) for layer in range(model.n_layers)]
+def layer_features(model, images: np.ndarray) -> list[np.ndarray]:
+    """d_1 … d_L (hidden_dim units each), then all of them side by side (d_all, last)."""
+    features = anomaly.encoder_features(model, images, 500)
+    return [*np.split(features, model.n_layers, axis=1), features]
 
 
 def main() -> None:
@@ -78,11 +76,8 @@ def main() -> None:
         for name, x in images.items()
     }
     stats_seconds = time.perf_counter() - started
-    features = {name: encoder_features(model, x) for name, x in images.items()}
-    reference_features = encoder_features(model, reference)
-    for group in (features, {"reference": reference_features}):
-        for per_layer in group.values():
-            per_layer.append(np.concatenate(per_layer, axis=1))  # d_all, last
+    features = {name: layer_features(model, x) for name, x in images.items()}
+    reference_features = layer_features(model, reference)
     names = [f"d{layer + 1}" for layer in range(model.n_layers)] + ["d_all"]
 
     scores: dict[str, dict[str, np.ndarray]] = {}
