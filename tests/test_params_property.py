@@ -145,8 +145,10 @@ PROBES: dict[str, Probes] = {
     "calibrate.score": Probes(
         "str",
         ("x", "llr_k0", "llr_k4", "llr_k", "LLR_k1", "auto ", "llr_k01", "recon_k4", "recon_k0"),
-        ("auto", "likelihood", "typicality", "typicality_recon", "llr_k1", "llr_k3", "recon_k2")
-        .__add__(("neighbours",)),
+        (
+            *("auto", "likelihood", "typicality", "typicality_recon", "neighbours"),
+            *("llr_k1", "llr_k3", "recon_k2"),
+        ),
     ),
     "calibrate.fit_images": _int((-1, 0, 9, 60_001, HUGE), (10, 60_000)),
     # <= prepare.validation_size and prepare.ood_validation_size (10 000 each).

@@ -64,9 +64,7 @@ def run(params: Params, root: Path) -> None:
     model = artifacts.load_model(paths.MODELS)
     served = extras.load_detector(paths.MODELS)
     if served is None:
-        raise DataError(
-            f"{paths.MODELS / extras.DETECTOR}: not found (run `hvae calibrate` first)"
-        )
+        raise DataError(f"{paths.MODELS / extras.DETECTOR}: not found (run `hvae calibrate` first)")
     runs.configure(root)
     run_id = runs.read_run_record(model_digest)
 
