@@ -341,18 +341,31 @@ def test_ood_refuses_missing_unreadable_or_mismatched_test_scores(
 
     monkeypatch.chdir(tmp_path)
     with pytest.raises(DataError, match=r"^data/scores/test.npz: not found \(run `hvae evaluate`"):
-        ood._read_test_scores(1000)
+        ood._read_test_scores(1000, 100)
     (tmp_path / "data/scores").mkdir(parents=True)
-    (tmp_path / "data/scores/test.npz").write_bytes(b"not a zip")
+    path = tmp_path / "data/scores/test.npz"
+    path.write_bytes(b"not a zip")
     with pytest.raises(DataError, match=r"^data/scores/test.npz: unreadable .*run `hvae evaluate`"):
-        ood._read_test_scores(1000)
-    np.savez(tmp_path / "data/scores/test.npz", log_px=np.zeros(3), iw_samples=100)
+        ood._read_test_scores(1000, 100)
+    # A file from before evaluate kept L(x) at llr_samples: unreadable, re-run evaluate.
+    np.savez(path, log_px=np.zeros(3), iw_samples=1000)
+    with pytest.raises(DataError, match=r"unreadable .*log_px_llr.*run `hvae evaluate` again"):
+        ood._read_test_scores(1000, 100)
+    scores = {"log_px": np.zeros(3), "log_px_llr": np.ones(3)}
+    np.savez(path, **scores, iw_samples=100, llr_samples=100)
     with pytest.raises(
         DataError,
         match=r"scored with evaluate.iw_samples 100, params say 1000; run `hvae evaluate` again",
     ):
-        ood._read_test_scores(1000)
-    assert ood._read_test_scores(100).shape == (3,)
+        ood._read_test_scores(1000, 100)
+    with pytest.raises(DataError, match=r"evaluate.llr_samples 100, params say 10; run"):
+        ood._read_test_scores(100, 10)
+    np.savez(path, log_px=np.zeros(3), log_px_llr=np.ones(2), iw_samples=100, llr_samples=10)
+    with pytest.raises(DataError, match=r"3 log_px but 2 log_px_llr scores; run `hvae evaluate`"):
+        ood._read_test_scores(100, 10)
+    np.savez(path, **scores, iw_samples=100, llr_samples=10)
+    log_px, log_px_llr = ood._read_test_scores(100, 10)
+    assert (log_px == 0).all() and (log_px_llr == 1).all()
 
 
 def test_models_on_a_damaged_store(project: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from types import SimpleNamespace
 
@@ -234,6 +235,20 @@ def test_chunked_and_single_chunk_agree_in_expectation(tiny: SimpleNamespace) ->
     assert abs(whole - parts) < 4 * math.hypot(whole_se, parts_se), (whole, parts)
 
 
+def _fake_model(all_log_w: tf.Tensor, sizes: list[int]) -> SimpleNamespace:
+    """A stand-in whose chunks hand out `all_log_w`'s rows in order, noting each chunk's size."""
+
+    def chunk_log_weights(x, parts, n, prior_layers, eps):
+        start = sum(sizes)
+        sizes.append(n)
+        return all_log_w[start : start + n]
+
+    fake = SimpleNamespace(_image_parts=lambda x: [x], _chunk_log_weights=chunk_log_weights)
+    fake.iw_log_likelihoods = functools.partial(HierarchicalVAE.iw_log_likelihoods, fake)
+    fake.iw_log_likelihood = functools.partial(HierarchicalVAE.iw_log_likelihood, fake)
+    return fake
+
+
 @pytest.mark.parametrize("chunk", [1, 3, 4, 10, 25])
 def test_chunks_fold_into_the_exact_log_mean_exp(chunk: int) -> None:
     """The running log-sum-exp over chunks equals the bound over all k weights at once."""
@@ -242,18 +257,47 @@ def test_chunks_fold_into_the_exact_log_mean_exp(chunk: int) -> None:
     # A wide dynamic range: a naive sum of exp() would overflow or lose the small terms.
     all_log_w = tf.constant(rng.normal(scale=300.0, size=(k, batch)), tf.float32)
     sizes: list[int] = []
-
-    def chunk_log_weights(x, features, n, prior_layers):
-        start = sum(sizes)
-        sizes.append(n)
-        return all_log_w[start : start + n]
-
-    fake = SimpleNamespace(_encode_compiled=lambda x: [x], _chunk_log_weights=chunk_log_weights)
+    fake = _fake_model(all_log_w, sizes)
     got = HierarchicalVAE.iw_log_likelihood(fake, tf.zeros((batch, 2)), k, chunk).numpy()
     expected = importance_weighted_bound(all_log_w, axis=0).numpy()
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     assert sum(sizes) == k
     assert all(n == chunk for n in sizes[:-1]) and 0 < sizes[-1] <= chunk
+
+
+@pytest.mark.parametrize(("ks", "chunk"), [((10, 3), 4), ((3, 10), 25), ((1, 7, 10), 3), ((4,), 4)])
+def test_each_k_reads_the_first_k_weights_of_one_stream(ks: tuple[int, ...], chunk: int) -> None:
+    """iw_log_likelihoods: the estimate at k is the bound over the first k log-weights, and
+    the stream is max(ks)'s alone: the same chunks whatever the smaller ks."""
+    batch = 3
+    all_log_w = tf.constant(np.random.default_rng(6).normal(size=(max(ks), batch)), tf.float32)
+    sizes: list[int] = []
+    got = _fake_model(all_log_w, sizes).iw_log_likelihoods(tf.zeros((batch, 2)), ks, chunk)
+    assert len(got) == len(ks)
+    for k, value in zip(ks, got, strict=True):
+        expected = importance_weighted_bound(all_log_w[:k], axis=0).numpy()
+        np.testing.assert_allclose(value.numpy(), expected, rtol=1e-6)
+    alone: list[int] = []
+    _fake_model(all_log_w, alone).iw_log_likelihood(tf.zeros((batch, 2)), max(ks), chunk)
+    assert sizes == alone and sum(sizes) == max(ks) and max(sizes) <= chunk
+
+
+@pytest.mark.parametrize("prior_layers", [0, 1, 2])
+def test_posterior_parts_stand_in_for_the_features(
+    tiny: SimpleNamespace, prior_layers: int
+) -> None:
+    """The per-image parts of the posteriors' hidden layers give the same log-weights as the
+    features they were computed from, at the same noise."""
+    model, x = tiny.model, tiny.x
+    rng = np.random.default_rng(7)
+    eps = [tf.constant(rng.normal(size=(len(x), d)), tf.float32) for d in model.latent_dims]
+    features = model.encode(x)
+    plain = model.log_weights(x, features, prior_layers, eps=eps).numpy()
+    parts = model.log_weights(
+        x, prior_layers=prior_layers, eps=eps, parts=model.posterior_parts(features)
+    ).numpy()
+    np.testing.assert_allclose(parts, plain, rtol=1e-5, atol=1e-4)
+    assert len(model.posterior_parts(features)) == model.n_layers
 
 
 # -- L>k: the bound behind the OOD score LLR>k (Havtorn et al. 2021) --------------------------
@@ -274,8 +318,8 @@ def test_bound_above_k_drops_the_prior_drawn_layers() -> None:
     stats += [LayerStats(t(4, 2), t(4, 2), tf.exp(t(4, 2)), t(4, 2), tf.exp(t(4, 2)))] * 2
     calls = []
 
-    def decode(features, prior_layers, eps=None):
-        assert eps is None  # the model's own sampler: no noise given
+    def decode(features, prior_layers, eps=None, parts=None):
+        assert eps is None and parts is None  # the model's own sampler, the features given
         calls.append(prior_layers)
         return logits, stats
 

@@ -37,18 +37,23 @@ def bound_matrix(
     batch_size: int,
     chunk: int,
     advance: Advance = None,
+    likelihood: np.ndarray | None = None,
 ) -> np.ndarray:
     """(n, L) per-image bounds, each estimated with `samples` importance samples (with
     samples=1 the plain ELBO and L>k): column 0 is L(x), column k the bound L>k.
 
-    `advance` hears of every image once per bound: L passes over `images` in all."""
+    `likelihood`, when given, is column 0 already estimated (the first `samples` of a longer
+    IW pass, bounds.iw_log_likelihoods). `advance` hears of every image once per bound
+    computed: L passes over `images` in all, L - 1 with `likelihood`."""
     chunk = min(chunk, samples)
+    first = [] if likelihood is None else [np.asarray(likelihood)]
     return np.stack(
-        [
+        first
+        + [
             iw_log_likelihood(
                 model, images, samples, batch_size, chunk, prior_layers=k, advance=advance
             )
-            for k in range(model.n_layers)
+            for k in range(len(first), model.n_layers)
         ],
         axis=1,
     )
@@ -107,12 +112,14 @@ def statistics(
     batch_size: int,
     chunk: int,
     advance: Advance = None,
+    likelihood: np.ndarray | None = None,
 ) -> np.ndarray:
     """(n, 2L): the L bounds at `samples` importance samples, then the L reconstruction terms
-    at `draws` posterior draws; 2L passes over `images`, each heard by `advance`."""
+    at `draws` posterior draws; 2L passes over `images` (2L - 1 with `likelihood`, column 0
+    given, as in bound_matrix), each heard by `advance`."""
     return np.concatenate(
         [
-            bound_matrix(model, images, samples, batch_size, chunk, advance),
+            bound_matrix(model, images, samples, batch_size, chunk, advance, likelihood),
             reconstruction_matrix(model, images, draws, batch_size, advance),
         ],
         axis=1,

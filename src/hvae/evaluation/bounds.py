@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -76,9 +76,25 @@ def iw_log_likelihood(
 ) -> np.ndarray:
     """Per-image importance-weighted estimate of log p(x) with k samples, or of the bound
     L>j with prior_layers=j (see HierarchicalVAE.log_weights)."""
+    return iw_log_likelihoods(model, images, (k,), batch_size, chunk, prior_layers, advance)[:, 0]
+
+
+def iw_log_likelihoods(
+    model: HierarchicalVAE,
+    images: np.ndarray,
+    ks: Sequence[int],
+    batch_size: int,
+    chunk: int,
+    prior_layers: int = 0,
+    advance: Advance = None,
+) -> np.ndarray:
+    """(n, len(ks)): column j the estimate at ks[j] samples, all from one stream of
+    max(ks) samples per image (HierarchicalVAE.iw_log_likelihoods)."""
     return np.concatenate(
         [
-            model.iw_log_likelihood(x, k, chunk, prior_layers).numpy()
+            np.stack(
+                [v.numpy() for v in model.iw_log_likelihoods(x, ks, chunk, prior_layers)], axis=1
+            )
             for x in _batches(images, batch_size, advance)
         ]
     )

@@ -50,6 +50,31 @@ class GaussianHead(keras.layers.Layer):
         self.min_sigma = min_sigma
 
     def call(self, h: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        mu, raw = tf.split(tf.cast(self.params(self.hidden(h)), "float32"), 2, axis=-1)
+        return self._from_hidden(self.hidden(h))
+
+    # A posterior head reads concat([s, d]): s varies with every sample of z, d only with the
+    # image. Splitting the hidden layer's kernel lets the d half (and, where s is the same for
+    # every row, all of it) be computed once per image instead of once per sample.
+
+    def input_part(self, d: tf.Tensor, s: tf.Tensor | None = None) -> tf.Tensor:
+        """The hidden pre-activation's share from the trailing input d (bias included), plus
+        that of the leading input s when given: concat([s, d]) @ W + b, term by term."""
+        kernel = tf.cast(self.hidden.kernel, self.compute_dtype)
+        lead = kernel.shape[0] - d.shape[-1]
+        part = tf.matmul(tf.cast(d, self.compute_dtype), kernel[lead:])
+        part += tf.cast(self.hidden.bias, self.compute_dtype)
+        if s is not None:
+            part += tf.matmul(tf.cast(s, self.compute_dtype), kernel[:lead])
+        return part
+
+    def from_part(self, part: tf.Tensor, s: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
+        """(mu, sigma) from `input_part`'s result, adding s's share unless it holds it."""
+        if s is not None:
+            kernel = tf.cast(self.hidden.kernel, self.compute_dtype)
+            part = part + tf.matmul(tf.cast(s, self.compute_dtype), kernel[: s.shape[-1]])
+        return self._from_hidden(self.hidden.activation(part))
+
+    def _from_hidden(self, hidden: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        mu, raw = tf.split(tf.cast(self.params(hidden), "float32"), 2, axis=-1)
         # softplus keeps sigma positive without exp's overflow; the floor keeps log(sigma) finite.
         return mu, tf.math.softplus(raw + 0.5413) + self.min_sigma  # softplus(0.5413) = 1

@@ -220,10 +220,12 @@ class HierarchicalVAE(keras.Model):
         use_mean: bool = False,
         temperature: float = 1.0,
         eps: Sequence[tf.Tensor] | None = None,
+        parts: Sequence[tf.Tensor] | None = None,
     ) -> tuple[tf.Tensor, list[LayerStats]]:
         """Top-down pass from z_L to z_1, returning pixel logits and per-layer stats.
 
-        Layer i draws from q(z_i | x, z_{>i}) when `features` are given and i >= prior_layers,
+        Layer i draws from q(z_i | x, z_{>i}) when `features` (or `parts`, see
+        `posterior_parts`) are given and i >= prior_layers,
         otherwise from p(z_i | z_{>i}) (so prior_layers=k gives the bound L_{>k});
         `fixed[i]` overrides the draw. `use_mean` takes means instead of samples.
         `eps[i]`, standard-normal noise shaped like z_i, replaces the model's own sampler
@@ -231,7 +233,7 @@ class HierarchicalVAE(keras.Model):
         """
         fixed = fixed or {}
         if batch_size is None:
-            batch_size = tf.shape(features[0])[0]
+            batch_size = tf.shape((features if parts is None else parts)[0])[0]
         s = tf.tile(self.initial_state[None, :], tf.stack([batch_size, 1]))
         s = tf.cast(s, self.compute_dtype)
         stats: list[LayerStats] = [None] * self.n_layers  # type: ignore[list-item]
@@ -241,6 +243,10 @@ class HierarchicalVAE(keras.Model):
             q_mu = q_sigma = None
             if features is not None and i >= prior_layers:
                 q_mu, q_sigma = layer.posterior(tf.concat([s, features[i]], axis=-1))
+                mu, sigma = q_mu, q_sigma
+            elif parts is not None and i >= prior_layers:
+                # The top's part holds its s share too: s is the initial state on every row.
+                q_mu, q_sigma = layer.posterior.from_part(parts[i], None if layer.top else s)
                 mu, sigma = q_mu, q_sigma
             else:
                 mu, sigma = p_mu, p_sigma * temperature
@@ -284,23 +290,35 @@ class HierarchicalVAE(keras.Model):
     def log_weights(
         self,
         x: tf.Tensor,
-        features: Sequence[tf.Tensor],
+        features: Sequence[tf.Tensor] | None = None,
         prior_layers: int = 0,
         eps: Sequence[tf.Tensor] | None = None,
+        parts: Sequence[tf.Tensor] | None = None,
     ) -> tf.Tensor:
         """log p(x, z) - log q(z | x) at one sample z per row.
 
         With prior_layers=k the k lowest layers are drawn from p(z_l | z_{>l}) instead of q;
         their p/q ratio is then 1 and drops out, which gives the log-weights of the bound
         L_{>k} of Havtorn et al. (2021): only z_{>k} is inferred from x.
-        `eps` (one (rows, dim) tensor per layer) is the draws' noise, as in `decode`.
+        `eps` (one (rows, dim) tensor per layer) is the draws' noise, and `parts` may stand
+        in for `features`, as in `decode`.
         """
-        logits, stats = self.decode(features, prior_layers=prior_layers, eps=eps)
+        logits, stats = self.decode(features, prior_layers=prior_layers, eps=eps, parts=parts)
         log_w = bernoulli_log_prob(x, logits)
         for s in stats[prior_layers:]:
             log_w += gaussian_log_prob(s.z, s.p_mu, s.p_sigma)
             log_w -= gaussian_log_prob(s.z, s.q_mu, s.q_sigma)
         return log_w
+
+    def posterior_parts(self, features: Sequence[tf.Tensor]) -> list[tf.Tensor]:
+        """Each posterior's share of its hidden layer that depends on the image alone (the
+        whole pre-activation at the top, where s is the initial state): computed once per
+        image, they stand in for `features` in `decode` and spare every sample a matmul."""
+        top = self.initial_state[None, :]
+        return [
+            layer.posterior.input_part(d, top if layer.top else None)
+            for layer, d in zip(self.top_down, features, strict=True)
+        ]
 
     def iw_log_likelihood(
         self,
@@ -318,46 +336,56 @@ class HierarchicalVAE(keras.Model):
         `eps`, one (k, batch, dim) tensor per layer, gives the noise of every sample instead
         of the model's sampler; chunks read their slice of it.
         """
-        features = self._encode_compiled(x)
-        total = None
-        for start in range(0, k, chunk):
-            n = min(chunk, k - start)
-            if eps is None:
-                log_w = self._chunk_log_weights(x, features, n, prior_layers)
-            else:
-                part_eps = [e[start : start + n] for e in eps]
-                log_w = self._chunk_log_weights_given(x, features, part_eps, prior_layers)
+        return self.iw_log_likelihoods(x, (k,), chunk, prior_layers, eps)[0]
+
+    def iw_log_likelihoods(
+        self,
+        x: tf.Tensor,
+        ks: Sequence[int],
+        chunk: int,
+        prior_layers: int = 0,
+        eps: Sequence[tf.Tensor] | None = None,
+    ) -> list[tf.Tensor]:
+        """`iw_log_likelihood` at every k of `ks` from one stream of max(ks) samples: the
+        estimate at k reads the first k. Each is an unbiased k-sample estimate (the samples
+        are i.i.d.), and the smaller ones cost nothing beyond the largest. The chunks are
+        those of max(ks) alone, so the largest estimate is the same whatever the others."""
+        parts = self._image_parts(x)
+        k_max = max(ks)
+        total, at = None, {}
+        for start in range(0, k_max, chunk):
+            n = min(chunk, k_max - start)
+            part_eps = None if eps is None else [e[start : start + n] for e in eps]
+            log_w = self._chunk_log_weights(x, parts, n, prior_layers, part_eps)
+            # A k inside this chunk reads its first k - start rows.
+            for k in {k for k in ks if start < k <= start + n}:
+                at[k] = _log_mean_exp(total, log_w[: k - start], k)
             part = tf.reduce_logsumexp(log_w, axis=0)
             total = part if total is None else tf.reduce_logsumexp(tf.stack([total, part]), 0)
-        return total - tf.math.log(tf.cast(k, total.dtype))
+        return [at[k] for k in ks]
 
     @tf.function(reduce_retracing=True)
-    def _encode_compiled(self, x: tf.Tensor) -> list[tf.Tensor]:
-        return self.encode(x)
+    def _image_parts(self, x: tf.Tensor) -> list[tf.Tensor]:
+        return self.posterior_parts(self.encode(x))
 
     @tf.function(reduce_retracing=True)
     def _chunk_log_weights(
-        self, x: tf.Tensor, features: list[tf.Tensor], n: int, prior_layers: int = 0
-    ) -> tf.Tensor:
-        """(n, batch) log-weights: n samples for every image of the batch."""
-        tiled = [tf.tile(f, [n, 1]) for f in features]
-        log_w = self.log_weights(tf.tile(x, [n, 1]), tiled, prior_layers)
-        return tf.reshape(log_w, [n, tf.shape(x)[0]])
-
-    @tf.function(reduce_retracing=True)
-    def _chunk_log_weights_given(
         self,
         x: tf.Tensor,
-        features: list[tf.Tensor],
-        eps: list[tf.Tensor],
+        parts: list[tf.Tensor],
+        n: int,
         prior_layers: int = 0,
+        eps: list[tf.Tensor] | None = None,
     ) -> tf.Tensor:
-        """As _chunk_log_weights, with the noise of the n samples given: (n, batch, dim) each."""
-        n, batch = tf.shape(eps[0])[0], tf.shape(x)[0]
-        tiled = [tf.tile(f, [n, 1]) for f in features]
+        """(n, batch) log-weights: n samples for every image of the batch, with the noise
+        given when `eps` is ((n, batch, dim) each)."""
+        batch = tf.shape(x)[0]
+        tiled = [tf.tile(p, [n, 1]) for p in parts]
         # Row s * batch + b of the tiled batch is sample s of image b, as eps[i][s, b].
-        flat = [tf.reshape(e, [n * batch, tf.shape(e)[-1]]) for e in eps]
-        log_w = self.log_weights(tf.tile(x, [n, 1]), tiled, prior_layers, eps=flat)
+        flat = None if eps is None else [tf.reshape(e, [n * batch, tf.shape(e)[-1]]) for e in eps]
+        log_w = self.log_weights(
+            tf.tile(x, [n, 1]), prior_layers=prior_layers, eps=flat, parts=tiled
+        )
         return tf.reshape(log_w, [n, batch])
 
     def beta(self) -> tf.Tensor:
@@ -491,3 +519,12 @@ def build_model(config: Mapping, output_bias: Sequence[float] | None = None) -> 
     model = HierarchicalVAE(**config, output_bias=output_bias)
     model(tf.zeros((1, model.pixels)))
     return model
+
+
+def _log_mean_exp(total: tf.Tensor | None, log_w: tf.Tensor, k: int) -> tf.Tensor:
+    """log (1/k) (exp(total) + sum over rows of exp(log_w)): the IW estimate at k samples
+    from the log-sum-exp of the earlier chunks (None: none) and this chunk's first rows."""
+    part = tf.reduce_logsumexp(log_w, axis=0)
+    if total is not None:
+        part = tf.reduce_logsumexp(tf.stack([total, part]), 0)
+    return part - tf.math.log(tf.cast(k, part.dtype))

@@ -2,8 +2,10 @@
 
 The single-sample ELBO, the KL of every layer, active units and the importance-weighted NLL.
 The per-image log-likelihoods go to data/scores/test.npz, where the ood stage reads them
-instead of computing them again. The registered version gets its lineage, the headline
-metrics and a model card that ood and probe complete.
+instead of computing them again: at `evaluate.iw_samples`, and at `evaluate.llr_samples` from
+the same pass's first samples (the bound L(x) that the LLR scores compare L>k with).
+The registered version gets its lineage, the headline metrics and a model card that ood and
+probe complete.
 """
 
 from __future__ import annotations
@@ -45,21 +47,27 @@ def run(params: Params, root: Path) -> None:
     metrics.update(bounds.elbo_and_kl(model, test.images, e.batch_size))
     metrics.update(bounds.active_units(model, test.images, e.batch_size, e.active_unit_threshold))
     t0 = time.perf_counter()
-    log_px = bounds.iw_log_likelihood(
+    log_px, log_px_llr = bounds.iw_log_likelihoods(
         model,
         test.images,
-        e.iw_samples,
+        (e.iw_samples, e.llr_samples),
         e.batch_size,
         e.chunk_size,
         advance=Progress(f"evaluate: test NLL, k={e.iw_samples}", n).advance,
-    )
+    ).T
     metrics["test_nll"] = float(-log_px.mean())
     metrics["iw_samples"] = e.iw_samples
     metrics["test_images"] = n
     nll_seconds = time.perf_counter() - t0
 
     with atomic.atomic_path(paths.TEST_SCORES) as tmp, tmp.open("wb") as f:
-        np.savez(f, log_px=log_px, iw_samples=e.iw_samples)
+        np.savez(
+            f,
+            log_px=log_px,
+            iw_samples=e.iw_samples,
+            log_px_llr=log_px_llr,
+            llr_samples=e.llr_samples,
+        )
     atomic.write_json(paths.METRICS, metrics)
 
     name = params.registered_model

@@ -3,7 +3,8 @@
 Every score of hvae.evaluation.detector on both test sets: the likelihood, from evaluate's
 per-image test log-likelihoods (data/scores/test.npz) and the same estimate on the OOD test
 set; LLR>k, recon>k and both typicalities, from the 2L statistics (the L bounds at
-`evaluate.llr_samples`, the L reconstruction terms at `evaluate.recon_draws`); the neighbour
+`evaluate.llr_samples`, the L reconstruction terms at `evaluate.recon_draws`), whose L(x) is
+the likelihood pass's first `evaluate.llr_samples` samples on either set; the neighbour
 distance in the encoder's features, when the detector has a reference. Then the
 served detector that calibrate chose on validation data (models/ood_detector.json): its
 AUROC, AUPRC and FPR80 on the test sets (`ood_served_*`) and the rates at its threshold.
@@ -30,21 +31,29 @@ from hvae.progress import Progress
 from hvae.tracking import card, runs
 
 
-def _read_test_scores(iw_samples: int) -> np.ndarray:
+def _read_test_scores(iw_samples: int, llr_samples: int) -> tuple[np.ndarray, np.ndarray]:
+    """evaluate's per-image log-likelihoods at `iw_samples` and at `llr_samples`."""
     path = paths.TEST_SCORES
     try:
         with np.load(path) as scores:
             log_px, k = scores["log_px"], int(scores["iw_samples"])
+            log_px_llr, k_llr = scores["log_px_llr"], int(scores["llr_samples"])
     except FileNotFoundError:
         raise DataError(f"{path}: not found (run `hvae evaluate` first)") from None
     except (OSError, ValueError, KeyError) as exc:
         raise DataError(f"{path}: unreadable ({exc}); run `hvae evaluate` again") from None
-    if k != iw_samples:
+    for key, got, want in (("iw_samples", k, iw_samples), ("llr_samples", k_llr, llr_samples)):
+        if got != want:
+            raise DataError(
+                f"{path}: scored with evaluate.{key} {got}, params say {want}; "
+                "run `hvae evaluate` again"
+            )
+    if log_px.shape != log_px_llr.shape:
         raise DataError(
-            f"{path}: scored with evaluate.iw_samples {k}, params say {iw_samples}; "
+            f"{path}: {len(log_px)} log_px but {len(log_px_llr)} log_px_llr scores; "
             "run `hvae evaluate` again"
         )
-    return log_px
+    return log_px, log_px_llr
 
 
 def run(params: Params, root: Path) -> None:
@@ -55,7 +64,7 @@ def run(params: Params, root: Path) -> None:
     manifest = prepared.read_manifest(paths.PREPARED)
     test = prepared.load_split(paths.PREPARED, paths.TRAIN_FILE, "test")
     ood_test = prepared.load_split(paths.PREPARED, paths.OOD_FILE, "test")
-    log_px = _read_test_scores(e.iw_samples)
+    log_px, log_px_llr = _read_test_scores(e.iw_samples, e.llr_samples)
     if len(log_px) != len(test):
         raise DataError(
             f"{paths.TEST_SCORES}: {len(log_px)} scores for {len(test)} test images; "
@@ -69,9 +78,14 @@ def run(params: Params, root: Path) -> None:
     run_id = runs.read_run_record(model_digest)
 
     nll = Progress(f"ood: {manifest['ood_dataset']} test NLL, k={e.iw_samples}", len(ood_test))
-    ood_log_px = bounds.iw_log_likelihood(
-        model, ood_test.images, e.iw_samples, e.batch_size, e.chunk_size, advance=nll.advance
-    )
+    ood_log_px, ood_log_px_llr = bounds.iw_log_likelihoods(
+        model,
+        ood_test.images,
+        (e.iw_samples, e.llr_samples),
+        e.batch_size,
+        e.chunk_size,
+        advance=nll.advance,
+    ).T
     metrics: dict[str, float] = {
         "ood_test_nll": float(-ood_log_px.mean()),
         "ood_llr_samples": e.llr_samples,
@@ -80,16 +94,24 @@ def run(params: Params, root: Path) -> None:
     scores = {
         "likelihood": (anomaly.likelihood_score(log_px), anomaly.likelihood_score(ood_log_px))
     }
-    # Every image once per statistic: L bounds and L reconstruction terms, both test sets.
+    # Every image once per statistic but L(x), read above: L - 1 bounds and L reconstruction
+    # terms, both test sets.
     progress = Progress(
         f"ood: bounds at {e.llr_samples} samples, reconstruction terms at {e.recon_draws} draws",
-        2 * model.n_layers * (len(test) + len(ood_test)),
+        (2 * model.n_layers - 1) * (len(test) + len(ood_test)),
     )
     in_stats, ood_stats = (
         anomaly.statistics(
-            model, x, e.llr_samples, e.recon_draws, e.batch_size, e.chunk_size, progress.advance
+            model,
+            x,
+            e.llr_samples,
+            e.recon_draws,
+            e.batch_size,
+            e.chunk_size,
+            progress.advance,
+            likelihood=first,
         )
-        for x in (test.images, ood_test.images)
+        for x, first in ((test.images, log_px_llr), (ood_test.images, ood_log_px_llr))
     )
     # Both typicalities with the statistics calibrate fitted on training images, the
     # neighbour distance with its reference images' features.
