@@ -292,6 +292,16 @@ def test_the_reference_images_round_trip_at_one_bit_a_pixel(tmp_path: Path) -> N
     (tmp_path / extras.REFERENCE).write_bytes(b"not a zip")
     with pytest.raises(DataError, match=r"^\S*ood_reference.npz: cannot load the reference images"):
         extras.load_detector(tmp_path)
+    # A compressed npz that would unpack to more than any reference: refused from its header.
+    with (tmp_path / extras.REFERENCE).open("wb") as f:
+        huge = np.zeros(extras.REFERENCE_BYTES + 1, np.uint8)
+        np.savez_compressed(f, reference=huge, pixels=np.array(784))
+    assert (tmp_path / extras.REFERENCE).stat().st_size < extras.REFERENCE_BYTES // 100
+    with pytest.raises(
+        DataError, match=r"^\S*ood_reference.npz: cannot load the reference images \(reference: "
+    ) as info:
+        extras.load_detector(tmp_path)
+    assert f"above {extras.REFERENCE_BYTES})" in str(info.value)
     (tmp_path / extras.REFERENCE).unlink()
     with pytest.raises(DataError, match=r"^\S*ood_reference.npz: not found \(run `hvae calibrate"):
         extras.load_detector(tmp_path)

@@ -5,19 +5,23 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 from pathlib import Path
 
 import numpy as np
 
 from hvae import atomic
 from hvae.errors import DataError
-from hvae.evaluation.detector import Detector
+from hvae.evaluation.detector import MAX_REFERENCE, Detector
 from hvae.evaluation.label_spreading import SpreadClassifier
 
 CLASSIFIER = "classifier.npz"  # semisup's classifier
 DETECTOR = "ood_detector.json"  # calibrate's OOD score and threshold
 REFERENCE = "ood_reference.npz"  # its neighbour distance's reference images (may be empty)
 FILES = (CLASSIFIER, DETECTOR, REFERENCE)
+# The most bytes the reference npz may unpack to: the most reference images, 1 024 bytes (8 192
+# pixels) each. A compressed file could otherwise claim gigabytes in a few kilobytes.
+REFERENCE_BYTES = MAX_REFERENCE * 1024
 
 
 def extras_digest(folder: str | Path) -> str:
@@ -68,7 +72,7 @@ def load_detector(folder: str | Path) -> Detector | None:
     if isinstance(data, dict) and data.get("reference_images"):
         try:
             with np.load(reference, allow_pickle=False) as stored:
-                arrays = {k: stored[k] for k in stored.files}
+                arrays = _bounded_arrays(stored, REFERENCE_BYTES)
         except FileNotFoundError:
             raise DataError(f"{reference}: not found (run `hvae calibrate` again)") from None
         except (OSError, ValueError) as exc:
@@ -78,3 +82,25 @@ def load_detector(folder: str | Path) -> Detector | None:
     except (ValueError, KeyError, TypeError, AttributeError) as exc:
         named = f"{path} with {reference.name}" if arrays is not None else str(path)
         raise DataError(f"{named}: cannot load the OOD detector ({exc})") from None
+
+
+def _bounded_arrays(stored: np.lib.npyio.NpzFile, limit: int) -> dict[str, np.ndarray]:
+    """Every array of `stored`, each read only after its header shows it within `limit`
+    bytes (raises ValueError otherwise)."""
+    arrays = {}
+    for name in stored.files:
+        with stored.zip.open(f"{name}.npy") as f:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0)):
+                raise ValueError(f"{name}: npy format {version} not supported")
+            read = (
+                np.lib.format.read_array_header_1_0
+                if version == (1, 0)
+                else (np.lib.format.read_array_header_2_0)
+            )
+            shape, _, dtype = read(f)
+        size = math.prod(shape) * dtype.itemsize
+        if size > limit:
+            raise ValueError(f"{name}: {shape} of {dtype} is {size} bytes, above {limit}")
+        arrays[name] = stored[name]
+    return arrays

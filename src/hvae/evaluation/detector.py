@@ -286,7 +286,7 @@ class Detector:
 
     @classmethod
     def from_dict(cls, data: dict, arrays: dict[str, np.ndarray] | None = None) -> Detector:
-        """Raises KeyError, TypeError or ValueError on a damaged file (artifacts names it).
+        """Raises KeyError, TypeError or ValueError on a damaged file (hvae.extras names it).
         `arrays` are to_arrays' (needed when the file names reference images)."""
         n = int(data["n_layers"])
         fits = {}
