@@ -59,20 +59,22 @@ class GaussianHead(keras.layers.Layer):
     def input_part(self, d: tf.Tensor, s: tf.Tensor | None = None) -> tf.Tensor:
         """The hidden pre-activation's share from the trailing input d (bias included), plus
         that of the leading input s when given: concat([s, d]) @ W + b, term by term."""
-        kernel = tf.cast(self.hidden.kernel, self.compute_dtype)
-        lead = kernel.shape[0] - d.shape[-1]
-        part = tf.matmul(tf.cast(d, self.compute_dtype), kernel[lead:])
+        part = tf.matmul(tf.cast(d, self.compute_dtype), self._kernel_rows(-d.shape[-1], None))
         part += tf.cast(self.hidden.bias, self.compute_dtype)
-        if s is not None:
-            part += tf.matmul(tf.cast(s, self.compute_dtype), kernel[:lead])
-        return part
+        return part if s is None else part + self._lead_share(s)
 
     def from_part(self, part: tf.Tensor, s: tf.Tensor | None = None) -> tuple[tf.Tensor, tf.Tensor]:
         """(mu, sigma) from `input_part`'s result, adding s's share unless it holds it."""
         if s is not None:
-            kernel = tf.cast(self.hidden.kernel, self.compute_dtype)
-            part = part + tf.matmul(tf.cast(s, self.compute_dtype), kernel[: s.shape[-1]])
+            part = part + self._lead_share(s)
         return self._from_hidden(self.hidden.activation(part))
+
+    def _lead_share(self, s: tf.Tensor) -> tf.Tensor:
+        """s @ W_s: the leading input's rows of the hidden kernel."""
+        return tf.matmul(tf.cast(s, self.compute_dtype), self._kernel_rows(None, s.shape[-1]))
+
+    def _kernel_rows(self, start: int | None, stop: int | None) -> tf.Tensor:
+        return tf.cast(self.hidden.kernel, self.compute_dtype)[start:stop]
 
     def _from_hidden(self, hidden: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         mu, raw = tf.split(tf.cast(self.params(hidden), "float32"), 2, axis=-1)

@@ -359,9 +359,8 @@ class HierarchicalVAE(keras.Model):
             log_w = self._chunk_log_weights(x, parts, n, prior_layers, part_eps)
             # A k inside this chunk reads its first k - start rows.
             for k in {k for k in ks if start < k <= start + n}:
-                at[k] = _log_mean_exp(total, log_w[: k - start], k)
-            part = tf.reduce_logsumexp(log_w, axis=0)
-            total = part if total is None else tf.reduce_logsumexp(tf.stack([total, part]), 0)
+                at[k] = _fold(total, log_w[: k - start]) - tf.math.log(tf.cast(k, log_w.dtype))
+            total = _fold(total, log_w)
         return [at[k] for k in ks]
 
     @tf.function(reduce_retracing=True)
@@ -521,10 +520,8 @@ def build_model(config: Mapping, output_bias: Sequence[float] | None = None) -> 
     return model
 
 
-def _log_mean_exp(total: tf.Tensor | None, log_w: tf.Tensor, k: int) -> tf.Tensor:
-    """log (1/k) (exp(total) + sum over rows of exp(log_w)): the IW estimate at k samples
-    from the log-sum-exp of the earlier chunks (None: none) and this chunk's first rows."""
+def _fold(total: tf.Tensor | None, log_w: tf.Tensor) -> tf.Tensor:
+    """log(exp(total) + sum over rows of exp(log_w)): the running log-sum-exp of the
+    importance weights, `total` that of the earlier chunks (None: none)."""
     part = tf.reduce_logsumexp(log_w, axis=0)
-    if total is not None:
-        part = tf.reduce_logsumexp(tf.stack([total, part]), 0)
-    return part - tf.math.log(tf.cast(k, part.dtype))
+    return part if total is None else tf.reduce_logsumexp(tf.stack([total, part]), 0)
