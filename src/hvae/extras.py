@@ -22,6 +22,10 @@ FILES = (CLASSIFIER, DETECTOR, REFERENCE)
 # The most bytes the reference npz may unpack to: the most reference images, 1 024 bytes (8 192
 # pixels) each. A compressed file could otherwise claim gigabytes in a few kilobytes.
 REFERENCE_BYTES = MAX_REFERENCE * 1024
+HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
 
 
 def extras_digest(folder: str | Path) -> str:
@@ -91,13 +95,9 @@ def _bounded_arrays(stored: np.lib.npyio.NpzFile, limit: int) -> dict[str, np.nd
     for name in stored.files:
         with stored.zip.open(f"{name}.npy") as f:
             version = np.lib.format.read_magic(f)
-            if version not in ((1, 0), (2, 0)):
+            read = HEADER_READERS.get(version)
+            if read is None:
                 raise ValueError(f"{name}: npy format {version} not supported")
-            read = (
-                np.lib.format.read_array_header_1_0
-                if version == (1, 0)
-                else (np.lib.format.read_array_header_2_0)
-            )
             shape, _, dtype = read(f)
         size = math.prod(shape) * dtype.itemsize
         if size > limit:
