@@ -33,6 +33,9 @@ CROSS_KEY_RULES: dict[tuple[str, str], str] = {
         "`train.skip_grad_norm` > `train.grad_clip_norm`: updates between the two are "
         "clipped, above it they are skipped."
     ),
+    ("TrainParams", "_rows_per_step"): (
+        "`train.batch_size * train.iw_samples` ≤ {MAX_ROWS_PER_PASS} rows per training step."
+    ),
     ("EvaluateParams", "_budgets"): (
         "`evaluate.batch_size * evaluate.chunk_size` ≤ {MAX_ROWS_PER_PASS} rows per pass, "
         "and every entry of `evaluate.probe_labels` is a positive multiple of the 10 classes."

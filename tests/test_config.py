@@ -175,6 +175,12 @@ SECTIONS = (
         ),
         ({"train.deterministic": "1"}, "train.deterministic: expected true or false (got 1)"),
         ({"train.free_bits": "-0.1"}, "train.free_bits: must be >= 0.0 (got -0.1)"),
+        (
+            {"train.iw_samples": "300"},
+            "train.batch_size * train.iw_samples: must be <= 250000 rows per step "
+            "(got 1024 * 300 = 307200)",
+        ),
+        ({"train.iw_samples": "0"}, "train.iw_samples: must be >= 1 (got 0)"),
         ({"model.min_sigma": "1"}, "model.min_sigma: must be < 1.0 (got 1)"),
         ({"model.latent_dims": "[16]"}, "model.latent_dims: must have at least 2 items (got [16])"),
         ({"model.latent_dims": "[8, x]"}, "model.latent_dims.1: expected an integer (got 'x')"),

@@ -252,6 +252,59 @@ def test_free_bits_change_the_loss_but_not_the_reported_bound() -> None:
     assert floored["loss"][0] > floored["recon"][0] + floored["kl"][0] + 1.0
 
 
+def _iw_loss_and_log_weights(iw_samples: int, beta: float, free_bits: float = 0.0):
+    """The model's IW training loss, and the log-weights of the same draws from log_weights."""
+    keras.utils.set_random_seed(8)
+    model = build_model({**TINY, "iw_samples": iw_samples, "free_bits": free_bits})
+    # Distinct images, so a mix-up of draw and image rows would change the bound.
+    x = tf.constant((np.random.default_rng(8).random((BATCH, 784)) < 0.3).astype("float32"))
+    state = model.noise.state.numpy()
+    loss, recon, kl_units = model._iw_loss(x, tf.constant(beta))
+    model.noise.state.assign(state)  # replay the same draws
+    features = [tf.tile(f, [iw_samples, 1]) for f in model.encode(x)]
+    log_w = model.log_weights(tf.tile(x, [iw_samples, 1]), features=features).numpy()
+    return float(loss), recon.numpy(), kl_units, log_w.reshape(iw_samples, BATCH)
+
+
+def test_the_iw_loss_is_the_negative_iwae_bound_of_its_draws() -> None:
+    loss, recon, kl_units, log_w = _iw_loss_and_log_weights(iw_samples=3, beta=1.0)
+    # Draw s of image b is row s * batch + b; the bound averages k weights per image.
+    top = log_w.max(axis=0)
+    bound = top + np.log(np.exp(log_w - top).mean(axis=0))
+    assert loss == pytest.approx(-bound.mean(), rel=1e-5)
+    # Tighter than every draw's own ELBO estimate, on average over the batch.
+    assert -loss > log_w.mean() + 1e-3
+    assert recon.shape == (3 * BATCH,) and (recon > 0).all()
+    assert [u.shape for u in kl_units] == [(3 * BATCH, 4), (3 * BATCH, 3)]
+
+
+def test_the_iw_loss_weights_the_log_ratio_by_beta() -> None:
+    loss, recon, _, log_w = _iw_loss_and_log_weights(iw_samples=2, beta=0.25)
+    # log_w = log p(x|z) + log p(z)/q(z): the warm-up scales the second term only.
+    weighted = -recon.reshape(2, BATCH) + 0.25 * (log_w + recon.reshape(2, BATCH))
+    top = weighted.max(axis=0)
+    bound = top + np.log(np.exp(weighted - top).mean(axis=0))
+    assert loss == pytest.approx(-bound.mean(), rel=1e-5)
+
+
+def test_free_bits_add_a_hinge_below_the_floor_to_the_iw_loss() -> None:
+    plain, _, kl_units, _ = _iw_loss_and_log_weights(iw_samples=2, beta=0.5)
+    floored, _, _, _ = _iw_loss_and_log_weights(iw_samples=2, beta=0.5, free_bits=0.02)
+    means = np.concatenate([u.numpy().mean(axis=0) for u in kl_units])
+    below = np.maximum(0.02 - means, 0.0)
+    assert below.sum() > 0 and (means > 0.02).any()  # both sides of the floor are exercised
+    # The losses are ~550 nats in float32 (ulp ~6e-5): their difference is good to ~1e-4.
+    assert floored - plain == pytest.approx(0.5 * below.sum(), abs=2e-4)
+
+
+def test_iw_samples_are_part_of_the_config() -> None:
+    model = build_model({**TINY, "iw_samples": 5})
+    assert model.get_config()["iw_samples"] == 5
+    assert build_model(model.get_config()).iw_samples == 5
+    # model.json files written before the knob existed have no key: those trained on the ELBO.
+    assert build_model(TINY).iw_samples == 1
+
+
 def test_beta_is_one_without_warmup(tiny: SimpleNamespace) -> None:
     assert tiny.model.kl_warmup_steps == 0
     assert float(tiny.model.beta()) == 1.0

@@ -100,6 +100,8 @@ PROBES: dict[str, Probes] = {
     "train.grad_clip_norm": _float((-1, 0, 1000, 1000.0, HUGE), (1e-9, 999.9)),  # < skip
     "train.skip_grad_norm": _float((-1, 0, 100, 200), (200.1, HUGE)),  # > clip
     "train.free_bits": _float((-1, -1e-9), (0, 0.0, HUGE)),
+    # batch_size * iw_samples <= 250 000 rows per step (the repo's batch: 1024).
+    "train.iw_samples": _int((-1, 0, 245, HUGE), (1, 244)),
     "train.ema_decay": _float((-1, 1, 1.0, HUGE), (0, 0.0, 0.999)),
     "train.steps_per_execution": _up_to(10_000),
     "train.log_every_steps": POSITIVE,

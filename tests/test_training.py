@@ -34,9 +34,10 @@ def test_the_optimizer_is_ready_before_the_first_step() -> None:
 
 
 def test_params_reach_the_model_and_optimizer() -> None:
-    params = _params(free_bits=0.25, skip_grad_norm=500.0, kl_warmup_epochs=3)
+    params = _params(free_bits=0.25, skip_grad_norm=500.0, kl_warmup_epochs=3, iw_samples=4)
     model = compiled_model(params, steps_per_epoch=7)
     assert model.free_bits == 0.25
+    assert model.iw_samples == 4
     assert model.skip_grad_norm == 500.0
     assert model.kl_warmup_steps == 21
     assert model.grad_clip_norm == params.train.grad_clip_norm
@@ -120,10 +121,11 @@ def test_two_replicas_agree_on_skipping(tmp_path) -> None:
     assert result.stdout.split() == ["ok", "2"]
 
 
-@pytest.mark.parametrize("free_bits", [0.0, 0.5])
-def test_a_compiled_model_trains(free_bits: float) -> None:
+@pytest.mark.parametrize(("free_bits", "iw_samples"), [(0.0, 1), (0.5, 1), (0.0, 3), (0.5, 3)])
+def test_a_compiled_model_trains(free_bits: float, iw_samples: int) -> None:
     keras.utils.set_random_seed(1)
-    model = compiled_model(_params(free_bits=free_bits, steps_per_execution=3), steps_per_epoch=4)
+    params = _params(free_bits=free_bits, iw_samples=iw_samples, steps_per_execution=3)
+    model = compiled_model(params, steps_per_epoch=4)
     images = np.random.default_rng(1).random((32, 784)).astype("float32")
     history = model.fit(images, batch_size=8, epochs=2, verbose=0).history
     assert history["skip_rate"] == [0.0, 0.0]

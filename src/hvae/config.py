@@ -92,6 +92,9 @@ class TrainParams(_Section):
     # Updates whose gradient norm is non-finite or above this are skipped (and counted).
     skip_grad_norm: float = Field(gt=0.0)
     free_bits: float = Field(ge=0.0)
+    # Posterior draws per image in the training objective: 1 is the ELBO, k > 1 the IWAE
+    # bound. Each draw has its own top-down pass, so a step decodes batch_size * k rows.
+    iw_samples: int = Field(ge=1, le=MAX_IW_SAMPLES)
     ema_decay: float = Field(ge=0.0, lt=1.0)
     steps_per_execution: int = Field(ge=1, le=10_000)
     log_every_steps: int = Field(ge=1)
@@ -113,6 +116,16 @@ class TrainParams(_Section):
             raise ValueError(
                 f"train.skip_grad_norm: must be > train.grad_clip_norm={self.grad_clip_norm} "
                 f"(got {self.skip_grad_norm}); updates between the two are clipped, not skipped"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _rows_per_step(self) -> TrainParams:
+        rows = self.batch_size * self.iw_samples
+        if rows > MAX_ROWS_PER_PASS:
+            raise ValueError(
+                f"train.batch_size * train.iw_samples: must be <= {MAX_ROWS_PER_PASS} "
+                f"rows per step (got {self.batch_size} * {self.iw_samples} = {rows})"
             )
         return self
 

@@ -25,6 +25,7 @@ from hvae.model.distributions import (
     free_bits_kl,
     gaussian_kl_per_unit,
     gaussian_log_prob,
+    importance_weighted_bound,
 )
 
 
@@ -88,6 +89,7 @@ class HierarchicalVAE(keras.Model):
         pixels: int = 784,
         kl_warmup_steps: int = 0,
         free_bits: float = 0.0,
+        iw_samples: int = 1,
         grad_clip_norm: float | None = None,
         skip_grad_norm: float | None = None,
         output_bias: Sequence[float] | None = None,
@@ -103,6 +105,7 @@ class HierarchicalVAE(keras.Model):
         self.pixels = pixels
         self.kl_warmup_steps = kl_warmup_steps
         self.free_bits = free_bits
+        self.iw_samples = int(iw_samples)
         self.grad_clip_norm = grad_clip_norm
         self.skip_grad_norm = skip_grad_norm
         self.seed = seed
@@ -194,6 +197,7 @@ class HierarchicalVAE(keras.Model):
             "pixels": self.pixels,
             "kl_warmup_steps": self.kl_warmup_steps,
             "free_bits": self.free_bits,
+            "iw_samples": self.iw_samples,
             "grad_clip_norm": self.grad_clip_norm,
             "skip_grad_norm": self.skip_grad_norm,
             "seed": self.seed,
@@ -410,12 +414,15 @@ class HierarchicalVAE(keras.Model):
         x = tf.cast(keras.random.uniform(tf.shape(data), seed=self.noise) < data, data.dtype)
         beta = self.beta()
         with tf.GradientTape() as tape:
-            recon, kl_units = self._recon_and_kl_units(x)
-            if self.free_bits > 0:
-                kl_loss = tf.add_n([free_bits_kl(k, self.free_bits) for k in kl_units])
+            if self.iw_samples > 1:
+                loss, recon, kl_units = self._iw_loss(x, beta)
             else:
-                kl_loss = tf.reduce_mean(tf.add_n([tf.reduce_sum(k, -1) for k in kl_units]))
-            loss = tf.reduce_mean(recon) + beta * kl_loss
+                recon, kl_units = self._recon_and_kl_units(x)
+                if self.free_bits > 0:
+                    kl_loss = tf.add_n([free_bits_kl(k, self.free_bits) for k in kl_units])
+                else:
+                    kl_loss = tf.reduce_mean(tf.add_n([tf.reduce_sum(k, -1) for k in kl_units]))
+                loss = tf.reduce_mean(recon) + beta * kl_loss
             # Gradients are summed over replicas, so each replica contributes its share.
             scaled = loss / tf.distribute.get_strategy().num_replicas_in_sync
         grads = tape.gradient(scaled, self.trainable_weights)
@@ -423,6 +430,38 @@ class HierarchicalVAE(keras.Model):
         self._bound_metrics(loss, recon, [tf.reduce_sum(k, -1) for k in kl_units])
         self.trackers["beta"].update_state(beta)
         return self._results(self.trackers)
+
+    def _iw_loss(
+        self, x: tf.Tensor, beta: tf.Tensor
+    ) -> tuple[tf.Tensor, tf.Tensor, list[tf.Tensor]]:
+        """The negative IWAE bound over `iw_samples` posterior draws per image (Burda et al.
+        2015), with the log-ratio log p(z)/q(z|x) of each draw weighted by beta for the warm-up.
+
+        The encoder runs once per image; each draw has its own top-down pass. Free bits become
+        the hinge sum_units max(0, free_bits - E_batch[KL_unit]) on the analytic KL: added to
+        the ELBO that is exactly `free_bits_kl`, and here it keeps a unit from being switched
+        off in the same way. Also returns each draw's -log p(x|z) and per-unit KL (the ELBO's
+        terms, for the metrics).
+        """
+        k = self.iw_samples
+        features = [tf.tile(f, [k, 1]) for f in self.encode(x)]
+        # Row s * batch + b is draw s of image b.
+        logits, stats = self.decode(features)
+        log_px = bernoulli_log_prob(tf.tile(x, [k, 1]), logits)
+        log_ratio = tf.add_n(
+            [
+                gaussian_log_prob(s.z, s.p_mu, s.p_sigma)
+                - gaussian_log_prob(s.z, s.q_mu, s.q_sigma)
+                for s in stats
+            ]
+        )
+        log_w = tf.reshape(log_px + beta * log_ratio, [k, -1])
+        loss = -tf.reduce_mean(importance_weighted_bound(log_w, axis=0))
+        kl_units = [gaussian_kl_per_unit(s.q_mu, s.q_sigma, s.p_mu, s.p_sigma) for s in stats]
+        if self.free_bits > 0:
+            hinges = [tf.nn.relu(self.free_bits - tf.reduce_mean(u, 0)) for u in kl_units]
+            loss += beta * tf.add_n([tf.reduce_sum(h) for h in hinges])
+        return loss, -log_px, kl_units
 
     def _apply_or_skip(self, grads: list[tf.Tensor]) -> None:
         """Apply the update unless its gradient is non-finite or its norm above skip_grad_norm.

@@ -36,7 +36,7 @@ def key_params(params: Params) -> dict[str, object]:
     """The params a reader of the model card wants first; all of them are on the run."""
     flat = flatten(params)
     keys = ["seed", "train.epochs", "train.batch_size", "train.learning_rate", "train.free_bits"]
-    keys += ["train.precision", "evaluate.iw_samples", "evaluate.llr_samples"]
+    keys += ["train.iw_samples", "train.precision", "evaluate.iw_samples", "evaluate.llr_samples"]
     keys += ["evaluate.recon_draws", "semisup.features"]
     return {k: flat[k] for k in keys}
 

@@ -29,6 +29,7 @@ def compiled_model(
         activation=m.activation,
         kl_warmup_steps=t.kl_warmup_epochs * steps_per_epoch,
         free_bits=t.free_bits,
+        iw_samples=t.iw_samples,
         grad_clip_norm=t.grad_clip_norm,
         skip_grad_norm=t.skip_grad_norm,
         output_bias=output_bias,
