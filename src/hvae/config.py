@@ -121,12 +121,9 @@ class TrainParams(_Section):
 
     @model_validator(mode="after")
     def _rows_per_step(self) -> TrainParams:
-        rows = self.batch_size * self.iw_samples
-        if rows > MAX_ROWS_PER_PASS:
-            raise ValueError(
-                f"train.batch_size * train.iw_samples: must be <= {MAX_ROWS_PER_PASS} "
-                f"rows per step (got {self.batch_size} * {self.iw_samples} = {rows})"
-            )
+        _check_rows(
+            "train.batch_size", self.batch_size, "train.iw_samples", self.iw_samples, "step"
+        )
         return self
 
 
@@ -150,12 +147,9 @@ class EvaluateParams(_Section):
 
     @model_validator(mode="after")
     def _budgets(self) -> EvaluateParams:
-        rows = self.batch_size * self.chunk_size
-        if rows > MAX_ROWS_PER_PASS:
-            raise ValueError(
-                f"evaluate.batch_size * evaluate.chunk_size: must be <= {MAX_ROWS_PER_PASS} "
-                f"rows per pass (got {self.batch_size} * {self.chunk_size} = {rows})"
-            )
+        _check_rows(
+            "evaluate.batch_size", self.batch_size, "evaluate.chunk_size", self.chunk_size, "pass"
+        )
         _check_budgets("evaluate.probe_labels", self.probe_labels)
         return self
 
@@ -218,6 +212,16 @@ class CalibrateParams(_Section):
     reference_images: int = Field(ge=0, le=MNIST_TRAIN_SIZE)
     # Its k: an image's distance to the k-th nearest reference image.
     neighbours: int = Field(ge=1, le=1000)
+
+
+def _check_rows(name: str, value: int, other: str, other_value: int, per: str) -> None:
+    """Images times samples: the rows one training step or evaluation pass holds in memory."""
+    rows = value * other_value
+    if rows > MAX_ROWS_PER_PASS:
+        raise ValueError(
+            f"{name} * {other}: must be <= {MAX_ROWS_PER_PASS} rows per {per} "
+            f"(got {value} * {other_value} = {rows})"
+        )
 
 
 def _check_budgets(key: str, budgets: list[int]) -> None:
