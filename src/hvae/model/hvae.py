@@ -289,7 +289,7 @@ class HierarchicalVAE(keras.Model):
     ) -> tuple[tf.Tensor, list[tf.Tensor]]:
         logits, stats = self.decode(self.encode(x), eps=eps)
         recon = -bernoulli_log_prob(x, logits)
-        return recon, [gaussian_kl_per_unit(s.q_mu, s.q_sigma, s.p_mu, s.p_sigma) for s in stats]
+        return recon, _kl_units(stats)
 
     def log_weights(
         self,
@@ -457,7 +457,7 @@ class HierarchicalVAE(keras.Model):
         )
         log_w = tf.reshape(log_px + beta * log_ratio, [k, -1])
         loss = -tf.reduce_mean(importance_weighted_bound(log_w, axis=0))
-        kl_units = [gaussian_kl_per_unit(s.q_mu, s.q_sigma, s.p_mu, s.p_sigma) for s in stats]
+        kl_units = _kl_units(stats)
         if self.free_bits > 0:
             hinges = [tf.nn.relu(self.free_bits - tf.reduce_mean(u, 0)) for u in kl_units]
             loss += beta * tf.add_n([tf.reduce_sum(h) for h in hinges])
@@ -557,6 +557,11 @@ def build_model(config: Mapping, output_bias: Sequence[float] | None = None) -> 
     model = HierarchicalVAE(**config, output_bias=output_bias)
     model(tf.zeros((1, model.pixels)))
     return model
+
+
+def _kl_units(stats: Sequence[LayerStats]) -> list[tf.Tensor]:
+    """The analytic KL(q || p) of every unit of every layer, (rows, dim) each."""
+    return [gaussian_kl_per_unit(s.q_mu, s.q_sigma, s.p_mu, s.p_sigma) for s in stats]
 
 
 def _fold(total: tf.Tensor | None, log_w: tf.Tensor) -> tf.Tensor:
