@@ -50,8 +50,14 @@ def loss_curves(history: pd.DataFrame) -> Figure:
     ax_elbo.set(xlabel="epoch", ylabel="nats per image", title="ELBO (higher is better)")
     ax_parts.set(xlabel="epoch", ylabel="nats per image", title="ELBO terms")
     # Early epochs dwarf the rest; clip the view to the informative range.
-    tail = history["val_elbo"].iloc[min(len(history) - 1, 2) :]
+    start = min(len(history) - 1, 2)
+    tail = history["val_elbo"].iloc[start:]
     ax_elbo.set_ylim(tail.min() - 5, history[["train_elbo", "val_elbo"]].max().max() + 2)
+    # One diverging training epoch (a loss spike the skip guard caught) would flatten every
+    # other epoch's terms to a line. The validation terms, computed on fixed images at each
+    # epoch's end, set the scale instead; the training means run within 1.2x of them.
+    val_terms = history[["val_recon", "val_kl"]].iloc[start:]
+    ax_parts.set_ylim(0, 1.2 * float(val_terms.max().max()))
     for ax in (ax_elbo, ax_parts):
         ax.grid(alpha=0.3)
         ax.legend()
