@@ -72,8 +72,9 @@ RENDER = {"n_images": 64, "n_samples": 400, "hierarchy_rows": 32, "hierarchy_dra
 RENDER |= {"traversal_units": 32}
 NAMES = Probes("str", ("hvae-{data}", "{", "}", "hvae-{dataset"), ("x", "hvae-{dataset}", "a b"))
 
-# Repo context: validation_size 10000, batch_size 1024, probe_images 1000, grad_clip_norm 200,
-# skip_grad_norm 1000, probe_labels up to 1000; 60000 MNIST training images.
+# Repo context: validation_size 2000 (58 000 training images left), batch_size 1024,
+# probe_images 1000, grad_clip_norm 200, skip_grad_norm 1000, probe_labels up to 1000;
+# 60000 MNIST training images.
 PROBES: dict[str, Probes] = {
     "seed": _int((-1, HUGE, MAX_SEED + 1), (0, MAX_SEED)),
     "data.dataset": Probes("choice", ("cifar10", "MNIST"), ("mnist", "fashion-mnist")),
@@ -93,7 +94,7 @@ PROBES: dict[str, Probes] = {
     "model.min_sigma": _float((-1, 0, 0.0, 1, 1.0, HUGE), (1e-9, 0.5)),
     "model.activation": Probes("choice", ("gelu", "ELU"), ("swish", "relu", "elu")),
     "train.epochs": _up_to(100_000),
-    "train.batch_size": _int((-1, 0, 50_001, HUGE), (1, 50_000)),
+    "train.batch_size": _int((-1, 0, 58_001, HUGE), (1, 58_000)),
     "train.learning_rate": _float((-1, 0, -1e-3), (1e-9, HUGE)),
     "train.lr_min_ratio": _float((-1, -1e-9, 1.5, HUGE), (0, 0.0, 1, 0.5)),
     "train.kl_warmup_epochs": NATURAL,
@@ -106,7 +107,7 @@ PROBES: dict[str, Probes] = {
     "train.steps_per_execution": _up_to(10_000),
     "train.log_every_steps": POSITIVE,
     "train.probe_every_epochs": NATURAL,
-    "train.probe_images": _int((-1, 0, 10_001, HUGE), (1, 10_000)),  # <= validation_size
+    "train.probe_images": _int((-1, 0, 2_001, HUGE), (1, 2_000)),  # <= validation_size
     "train.probe_iw_samples": _up_to(100_000),
     "train.strategy": Probes(
         "choice", ("tpu", "AUTO"), ("auto", "mirrored", "multi_worker", "one_device")
@@ -122,11 +123,11 @@ PROBES: dict[str, Probes] = {
     "evaluate.active_unit_threshold": _float((-1, 0), (1e-9, HUGE)),
     "evaluate.llr_samples": _up_to(100_000),
     "evaluate.recon_draws": _up_to(100_000),
-    # Multiples of the 10 classes, at most the 50000 training images.
+    # Multiples of the 10 classes, at most the 58 000 training images.
     "evaluate.probe_labels": Probes(
         "int list",
-        ([0], [-10], [15], [100, 15], [50_010], [HUGE], [100, "x"]),
-        ([10], [50_000], [100, 1000, 10_000]),
+        ([0], [-10], [15], [100, 15], [58_010], [HUGE], [100, "x"]),
+        ([10], [58_000], [100, 1000, 10_000]),
     ),
     "evaluate.probe_repeats": _up_to(100),
     # Multiples of 10, below graph_images (50 000) and holding serve_labels (1000).
@@ -153,8 +154,8 @@ PROBES: dict[str, Probes] = {
         ),
     ),
     "calibrate.fit_images": _int((-1, 0, 9, 60_001, HUGE), (10, 60_000)),
-    # <= prepare.validation_size and prepare.ood_validation_size (10 000 each).
-    "calibrate.validation_images": _int((-1, 0, 9, 10_001, HUGE), (10, 10_000)),
+    # <= prepare.validation_size (2 000) and prepare.ood_validation_size (10 000).
+    "calibrate.validation_images": _int((-1, 0, 9, 2_001, HUGE), (10, 2_000)),
     "calibrate.in_distribution_tpr": _float((-1, 0, 0.0, 1, 1.0, HUGE), (1e-9, 0.5, 0.95)),
     # The repo serves neighbours (so 0 is refused) at k = 50 (so at least 50).
     "calibrate.reference_images": _int((-1, 0, 49, 60_001, HUGE), (50, 20_000, 60_000)),
