@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from hvae.config import load_params
 from hvae.reporting import model_card
+from hvae.tracking import card
+from params_helpers import params_text
 
 ARCHITECTURE = {"latent_dims": [32, 16, 8], "hidden_dim": 64, "blocks_per_layer": 1}
 ARCHITECTURE["activation"] = "elu"
@@ -97,3 +100,12 @@ def test_published_rows_only_for_the_dataset_they_are_about() -> None:
     card = _card("fashion-mnist", "mnist")
     assert "Fashion-MNIST" in card and "against MNIST" in card
     assert "Ladder VAE" not in card
+
+
+def test_card_params_name_the_held_out_images(tmp_path) -> None:
+    # The data digest pins the split, but a reader needs the number: how many of the training
+    # set's images the model never trained on.
+    path = tmp_path / "params.yaml"
+    path.write_text(params_text({"prepare.validation_size": "3000"}))
+    shown = card.key_params(load_params(path))
+    assert shown["prepare.validation_size"] == 3000

@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from hvae.data import prepared
+
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 DATA_DIR = os.environ.get("HVAE_DATA_DIR")
@@ -251,7 +253,7 @@ def test_mlflow_run_and_registry(pipeline_run) -> None:
     for key in ("ood/likelihood_auroc", "ood/llr_k1_auroc", "ood/llr_k2_fpr80", "probe/z3_n100"):
         assert key in run.data.metrics, key
     # 58 000 images / batch 250 = 232 steps; per-step metrics every 100 steps.
-    manifest = json.loads((repo / "data/prepared/manifest.json").read_text())
+    manifest = prepared.read_manifest(repo / "data/prepared")
     steps = manifest["counts"]["train"] // 250
     assert [m.step for m in client.get_metric_history(run_id, "step/elbo")] == [100, 200]
     # beta = step/steps; each point is the mean over the 10 steps of its compiled call
@@ -315,6 +317,8 @@ def test_mlflow_run_and_registry(pipeline_run) -> None:
     assert f"as `ood_score` and flags `is_ood` above {version.tags['ood_threshold']}" in card
     assert card.startswith(f"# hvae-mnist version {version.version}\n")
     assert run_id in card and version.tags["git_commit"] in card
+    held_out = prepared.read_manifest(repo / "data/prepared")["counts"]["valid"]
+    assert f"| `prepare.validation_size` | {held_out} |" in card
     model = client.get_logged_model(run.outputs.model_outputs[0].model_id)
     assert model.name == "hvae-mnist"
     assert {"test/nll", "probe/z3_n100", "ood/llr_k2_auroc"} <= {m.key for m in model.metrics}

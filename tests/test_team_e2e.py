@@ -23,6 +23,7 @@ from pathlib import Path
 
 import pytest
 
+from hvae.data import prepared
 from test_pipeline_e2e import (
     BIN,
     DATA_DIR,
@@ -311,7 +312,7 @@ def test_two_workers_train_in_step_and_only_the_chief_logs(tmp_path: Path) -> No
     assert run.data.tags["replicas"] == "2"
     # train.batch_size is global: the training images / 250 steps, split over both workers
     # (a per-replica batch would halve them), logged every `log_every_steps`.
-    manifest = json.loads((chief / "data/prepared/manifest.json").read_text())
+    manifest = prepared.read_manifest(chief / "data/prepared")
     total = manifest["counts"]["train"] // settings["train.batch_size"]
     every = settings["train.log_every_steps"]
     steps = [m.step for m in client.get_metric_history(run.info.run_id, "step/loss")]

@@ -35,7 +35,9 @@ LINEAGE_TAGS = (
 def key_params(params: Params) -> dict[str, object]:
     """The params a reader of the model card wants first; all of them are on the run."""
     flat = flatten(params)
-    keys = ["seed", "train.epochs", "train.batch_size", "train.learning_rate", "train.free_bits"]
+    # validation_size: how many images of the training set the model did not train on.
+    keys = ["seed", "prepare.validation_size", "train.epochs", "train.batch_size"]
+    keys += ["train.learning_rate", "train.free_bits"]
     keys += ["train.iw_samples", "train.precision", "evaluate.iw_samples", "evaluate.llr_samples"]
     keys += ["evaluate.recon_draws", "semisup.features"]
     return {k: flat[k] for k in keys}
