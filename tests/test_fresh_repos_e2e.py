@@ -72,6 +72,7 @@ def test_sigkill_mid_epoch_then_dvc_repro_resumes_the_same_run(tmp_path: Path) -
         "train.probe_iw_samples": 5,
         "train.probe_images": 200,
         "semisup.draws": 1,
+        "train.resume_every_seconds": 0,  # a state after every epoch, to be killed between
     })  # fmt: skip
     repo, env = _new_repo(tmp_path / "repo", tiny)
     dvc = str(BIN / "dvc")

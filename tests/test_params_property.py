@@ -104,6 +104,8 @@ PROBES: dict[str, Probes] = {
     # batch_size * iw_samples <= 250 000 rows per step (the repo's batch: 1024).
     "train.iw_samples": _int((-1, 0, 245, HUGE), (1, 244)),
     "train.ema_decay": _float((-1, 1, 1.0, HUGE), (0, 0.0, 0.999)),
+    # Up to a day between resume saves (0: every epoch).
+    "train.resume_every_seconds": _float((-1, -0.5, 86_401, HUGE), (0, 0.0, 60, 86_400)),
     "train.steps_per_execution": _up_to(10_000),
     "train.log_every_steps": POSITIVE,
     "train.probe_every_epochs": NATURAL,

@@ -34,12 +34,22 @@ def _model(seed: int = 0) -> keras.Model:
     return model
 
 
-def _fit(model, tmp_path: Path, epochs: int, initial: int = 0, **restore_from):
+def _fit(
+    model,
+    tmp_path: Path,
+    epochs: int,
+    initial: int = 0,
+    every_seconds: float = 0.0,
+    before_saver: tuple[keras.callbacks.Callback, ...] = (),
+    **restore_from,
+):
     checkpoint = Checkpoint(best=tmp_path / "models" / "model.weights.h5", monitor="loss")
     checkpoint.set_model(model)
     recorder = _NoMlflow(tmp_path / "h.csv")
     path = tmp_path / "checkpoints" / resume.STATE_FILE
-    saver = resume.ResumeCheckpoint(path, "fp", "run-1", checkpoint, recorder, None)
+    saver = resume.ResumeCheckpoint(
+        path, "fp", "run-1", checkpoint, recorder, None, every_seconds=every_seconds
+    )
     if restore_from:
         resume.restore(restore_from["state"], model, checkpoint, recorder, None)
     model.fit(
@@ -48,7 +58,7 @@ def _fit(model, tmp_path: Path, epochs: int, initial: int = 0, **restore_from):
         epochs=epochs,
         initial_epoch=initial,
         verbose=0,
-        callbacks=[recorder, checkpoint, saver],
+        callbacks=[recorder, checkpoint, *before_saver, saver],
     )
     return path, checkpoint, recorder
 
@@ -90,6 +100,48 @@ def test_restore_refuses_a_state_of_another_architecture(tmp_path: Path) -> None
     checkpoint.set_model(other)
     with pytest.raises(DataError, match="does not fit the model"):
         resume.restore(resume.load(path), other, checkpoint, _NoMlflow(tmp_path / "h"), None)
+
+
+class _Clock(keras.callbacks.Callback):
+    """A fake resume.monotonic that moves on `step` seconds at every epoch's end."""
+
+    def __init__(self, step: float):
+        super().__init__()
+        self.now, self.step = 0.0, step
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.now += self.step
+
+
+@pytest.mark.parametrize(
+    ("every_seconds", "saved_after"),
+    [
+        (0.0, [1, 2, 3, 4, 5, 6, 7]),
+        (60.0, [3, 6, 7]),  # 25 s epochs: 75 s after the start, 150 s (75 after), the last
+        (3600.0, [7]),
+    ],
+)
+def test_state_is_saved_every_so_many_seconds_and_after_the_last_epoch(
+    tmp_path: Path, monkeypatch, every_seconds: float, saved_after: list[int]
+) -> None:
+    clock = _Clock(step=25.0)
+    monkeypatch.setattr(resume, "monotonic", clock.monotonic)
+    saved: list[int] = []
+    real_save = resume.save
+
+    def counting_save(path: Path, state: resume.ResumeState) -> None:
+        saved.append(state.epoch)
+        real_save(path, state)
+
+    monkeypatch.setattr(resume, "save", counting_save)
+    path, _, _ = _fit(
+        _model(), tmp_path, epochs=7, every_seconds=every_seconds, before_saver=(clock,)
+    )
+    assert saved == saved_after
+    assert resume.load(path).complete
 
 
 def test_missing_state_is_none(tmp_path: Path) -> None:

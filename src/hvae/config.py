@@ -96,6 +96,9 @@ class TrainParams(_Section):
     # bound. Each draw has its own top-down pass, so a step decodes batch_size * k rows.
     iw_samples: int = Field(ge=1, le=MAX_IW_SAMPLES)
     ema_decay: float = Field(ge=0.0, lt=1.0)
+    # The resume state is saved at the end of the first epoch that ends this long after the
+    # last save (0: every epoch), and always after the last epoch.
+    resume_every_seconds: float = Field(ge=0.0, le=86_400.0)
     steps_per_execution: int = Field(ge=1, le=10_000)
     log_every_steps: int = Field(ge=1)
     # Time to quality: IW NLL of a fixed validation subset every N epochs (0 = off).

@@ -94,7 +94,8 @@ def run(params: Params, root: Path) -> None:
         {
             "seed": params.seed,
             "model": params.model.model_dump(),
-            "train": params.train.model_dump(),
+            # Not how often the state is saved: that changes no weight.
+            "train": params.train.model_dump(exclude={"resume_every_seconds"}),
             "data": manifest["digest"],
         }
     )
@@ -151,7 +152,13 @@ def run(params: Params, root: Path) -> None:
             print("train: no resume checkpoints with train.strategy multi_worker", flush=True)
         else:
             saver = resume.ResumeCheckpoint(
-                state_path, fingerprint, run.info.run_id, checkpoint, recorder, probe
+                state_path,
+                fingerprint,
+                run.info.run_id,
+                checkpoint,
+                recorder,
+                probe,
+                every_seconds=t.resume_every_seconds,
             )
         if state is not None:
             resume.restore(state, model, checkpoint, recorder, probe)
