@@ -317,8 +317,7 @@ def test_mlflow_run_and_registry(pipeline_run) -> None:
     assert f"as `ood_score` and flags `is_ood` above {version.tags['ood_threshold']}" in card
     assert card.startswith(f"# hvae-mnist version {version.version}\n")
     assert run_id in card and version.tags["git_commit"] in card
-    held_out = prepared.read_manifest(repo / "data/prepared")["counts"]["valid"]
-    assert f"| `prepare.validation_size` | {held_out} |" in card
+    assert f"| `prepare.validation_size` | {manifest['counts']['valid']} |" in card
     model = client.get_logged_model(run.outputs.model_outputs[0].model_id)
     assert model.name == "hvae-mnist"
     assert {"test/nll", "probe/z3_n100", "ood/llr_k2_auroc"} <= {m.key for m in model.metrics}
