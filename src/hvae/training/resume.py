@@ -84,7 +84,7 @@ class ResumeCheckpoint(keras.callbacks.Callback):
     save (0: every epoch) and after the last epoch; list it after the callbacks it reads.
 
     A save writes the weights four times over (weights, Adam's two moments, the best
-    weights): 37 MB for the default model, about 0.15 s after each 2.6-second epoch. A kill loses
+    weights): 37 MB for the default model, about a tenth of a 3-second epoch. A kill loses
     at most `every_seconds` plus one epoch. The last epoch always saves, so the file never
     holds an unfinished state of a run that finished.
     """
