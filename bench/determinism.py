@@ -21,6 +21,8 @@ import time
 
 import numpy as np
 
+from bench.args import count
+
 CHILD = "bench.determinism_child"
 
 
@@ -33,13 +35,17 @@ def _child(params: str, steps: int, deterministic: bool) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--steps", type=int, default=150)
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=count(1, 100_000), default=150)
+    parser.add_argument("--rounds", type=count(1, 100), default=3)
     parser.add_argument("--load", action="store_true", help="two busy loops beside each run")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     results: dict[bool, list[dict]] = {True: [], False: []}
     for i in range(args.rounds):
         for deterministic in (True, False):

@@ -23,8 +23,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 import tensorflow as tf
 
+from bench.args import count
 from hvae import artifacts, paths
-from hvae.config import load_params
+from hvae.config import MAX_IW_SAMPLES, load_params
 from hvae.data import prepared
 from hvae.evaluation import bounds
 
@@ -56,13 +57,21 @@ def chunk_throughputs(model, images: np.ndarray, chunk: int, rounds: int) -> dic
     return {name: rounds * len(images) * chunk / s for name, s in seconds.items()}
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--k", type=int, default=None, help="default: evaluate.iw_samples")
-    parser.add_argument("--images", type=int, default=10_000, help="test images for the NLL")
-    parser.add_argument("--rounds", type=int, default=10, help="chunks timed per path")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--k", type=count(1, MAX_IW_SAMPLES), default=None, help="default: evaluate.iw_samples"
+    )
+    parser.add_argument(
+        "--images", type=count(1, 10_000), default=10_000, help="test images for the NLL"
+    )
+    parser.add_argument("--rounds", type=count(1, 1000), default=10, help="chunks timed per path")
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     e = load_params(args.params).evaluate
     k = args.k or e.iw_samples
     model = artifacts.load_model(paths.MODELS)

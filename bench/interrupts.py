@@ -23,6 +23,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import keras
 import numpy as np
 
+from bench.args import count
 from hvae import interrupts
 from hvae.training.callbacks import RaiseIfInterrupted
 
@@ -46,11 +47,15 @@ def _lost(model: keras.Model, x: np.ndarray, trials: int, rng: random.Random, fi
     return lost
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--trials", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
+    parser.add_argument("--trials", type=count(1, 10_000), default=30)
+    parser.add_argument("--seed", type=count(0, 2**32 - 1), default=0)
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     # The disposition a terminal gives a program (a background job inherits SIGINT ignored).
     signal.signal(signal.SIGINT, signal.default_int_handler)
     x = np.random.default_rng(args.seed).random((4096, 64)).astype("float32")

@@ -32,8 +32,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
+from bench.args import count
 from hvae import artifacts, paths
-from hvae.config import load_params
+from hvae.config import MNIST_TRAIN_SIZE, load_params
 from hvae.data import prepared
 from hvae.evaluation import anomaly, detector, ood
 from hvae.stages import calibrate
@@ -45,12 +46,16 @@ def layer_features(model, images: np.ndarray) -> list[np.ndarray]:
     return [*np.split(features, model.n_layers, axis=1), features]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--reference", type=int, default=20000)
-    parser.add_argument("--test-images", type=int, default=2000)
-    args = parser.parse_args()
+    parser.add_argument("--reference", type=count(1, MNIST_TRAIN_SIZE), default=20000)
+    parser.add_argument("--test-images", type=count(1, 10_000), default=2000)
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     params = load_params(args.params)
     e = params.evaluate
     model = artifacts.load_model(paths.MODELS)

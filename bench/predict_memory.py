@@ -14,6 +14,9 @@ import subprocess
 import sys
 import tempfile
 
+from bench.args import count
+from hvae.serving.pyfunc import MAX_IW_SAMPLES, MAX_ROWS
+
 CHILD = """
 import sys, tempfile
 from pathlib import Path
@@ -45,11 +48,15 @@ print(f"{rows} rows, k={k}: peak {before:.0f} MiB before predict, {peak_mib():.0
 """
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rows", type=int, nargs="+", default=[100, 5000])
-    parser.add_argument("--iw-samples", type=int, default=40)
-    args = parser.parse_args()
+    parser.add_argument("--rows", type=count(1, MAX_ROWS), nargs="+", default=[100, 5000])
+    parser.add_argument("--iw-samples", type=count(1, MAX_IW_SAMPLES), default=40)
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     for rows in args.rows:
         with tempfile.TemporaryDirectory():
             subprocess.run(

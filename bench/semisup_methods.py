@@ -22,6 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np
 
+from bench.args import count
 from hvae import artifacts, paths
 from hvae.config import load_params
 from hvae.data import prepared
@@ -32,17 +33,21 @@ from hvae.evaluation.representations import image_features
 STEPS = (20, 50, 100, 200)
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--draws", type=int, default=5)
+    parser.add_argument("--draws", type=count(1, 100), default=5)
     parser.add_argument(
         "--features",
         nargs="+",
         choices=[*ls.FEATURES, "pixels"],
         default=[*ls.FEATURES, "pixels"],
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     params = load_params(args.params)
     model = artifacts.load_model(paths.MODELS)
     splits = {

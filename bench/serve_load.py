@@ -34,6 +34,9 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.args import count, seconds
+from hvae.serving.pyfunc import MAX_IW_SAMPLES, MAX_ROWS
+
 SERVER = (
     "import sys\n"
     "from hvae.serving.server import serve\n"
@@ -150,21 +153,27 @@ def bodies(n: int, rows: int, iw_samples: int) -> list[bytes]:
     return [b.encode() for b in out]
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model-uri", help="default: a random model of --params' architecture")
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--requests", type=int, default=20, help="per client")
-    parser.add_argument("--rows", type=int, default=100)
-    parser.add_argument("--iw-samples", type=int, default=100)
-    parser.add_argument("--bodies", type=int, default=4, help="distinct request bodies")
-    parser.add_argument("--max-seconds", type=float, default=300.0, help="wall-time cap")
-    parser.add_argument("--request-timeout", type=float, default=120.0)
-    parser.add_argument("--start-timeout", type=float, default=180.0)
-    parser.add_argument("--max-body-bytes", type=int, default=32 * 2**20)
-    parser.add_argument("--workers", type=int, default=1)
-    args = parser.parse_args()
+    parser.add_argument("--clients", type=count(1, 64), default=4)
+    parser.add_argument("--requests", type=count(1, 100_000), default=20, help="per client")
+    parser.add_argument("--rows", type=count(1, MAX_ROWS), default=100)
+    parser.add_argument("--iw-samples", type=count(1, MAX_IW_SAMPLES), default=100)
+    parser.add_argument("--bodies", type=count(1, 1000), default=4, help="distinct request bodies")
+    parser.add_argument(
+        "--max-seconds", type=seconds(1, 86_400), default=300.0, help="wall-time cap"
+    )
+    parser.add_argument("--request-timeout", type=seconds(1, 3600), default=120.0)
+    parser.add_argument("--start-timeout", type=seconds(1, 3600), default=180.0)
+    parser.add_argument("--max-body-bytes", type=count(1, 2**31), default=32 * 2**20)
+    parser.add_argument("--workers", type=count(1, 16), default=1)
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
 
     with tempfile.TemporaryDirectory() as tmp, open(Path(tmp) / "server.log", "w+b") as log:
         uri = args.model_uri or default_model(Path(tmp), args.params)

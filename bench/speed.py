@@ -22,6 +22,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from bench.args import count
 from bench.seed_vae import eager_examples_per_second
 from hvae.config import load_params
 from hvae.data.pipeline import train_dataset
@@ -62,12 +63,16 @@ def train_step_flops_per_example(model) -> int:
     return 6 * kernels
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=3)
-    args = parser.parse_args()
+    parser.add_argument("--steps", type=count(1, 100_000), default=200)
+    parser.add_argument("--rounds", type=count(1, 100), default=3)
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     params = load_params(args.params)
     keras.utils.set_random_seed(0)
     images = np.random.default_rng(0).integers(0, 256, (20_000, 28, 28), dtype=np.uint8)

@@ -23,6 +23,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from bench.args import count
 from hvae import paths
 from hvae.training.distribute import tf_config
 
@@ -73,13 +74,17 @@ def epoch_seconds(n_workers: int, params: dict, scratch: Path) -> list[float]:
     return history["epoch_seconds"].tolist()
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--epochs", type=count(1, 1000), default=2)
+    parser.add_argument("--rounds", type=count(1, 100), default=2)
     parser.add_argument("--set", nargs="*", default=TINY, metavar="KEY=VALUE")
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = build_parser().parse_args()
     params = _params(Path(args.params), args.epochs, args.set)
     times: dict[int, list[list[float]]] = {1: [], 2: []}
     with tempfile.TemporaryDirectory(prefix="hvae-workers-") as tmp:
