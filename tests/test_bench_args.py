@@ -6,7 +6,6 @@ import argparse
 import importlib
 
 import pytest
-
 from bench.args import count, seconds
 
 BENCHES = [
