@@ -1,8 +1,8 @@
 """Bounded numbers on the benchmarks' command lines.
 
-`--rounds 0` used to print an empty table or divide by zero, and `--steps 10**9` ran for days;
-as argparse types these stop at parse time with one line naming the flag, the value and the
-range, and exit 2 before any model is built.
+Plain `int` flags let `python -m bench.speed --rounds 0` print NaN medians and let a negative
+or huge count through; as argparse types these bounds stop it at parse time with one line
+naming the flag, the value and the range, and exit 2 before any model is built.
 """
 
 from __future__ import annotations
